@@ -1,0 +1,323 @@
+"""Attacks (Sec. 4.2): PGD under ℓ∞/ℓ2 with restarts and a selectable objective, the
+QTRADES adversary (Eq. 5), and AutoAttack through ``pyautoattack``.
+
+Inputs live in ``[0, 1]`` pixel space; models normalise internally. A model is
+either a plain network returning logits (the baselines) or a
+:class:`~clustr_lib.classify.ClusterModel` (Eq. 4), whose ``forward`` returns
+log-probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import as_label_tensor, check_choice, check_positive
+from .classify import ClusterModel
+from .magnet import magnet_loss_fixed_clusters
+
+OBJECTIVES = ("paper", "ce", "margin", "magnet")
+NORMS = ("linf", "l2")
+
+
+def attack_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str,
+                     alpha: float | None = None) -> torch.Tensor:
+    """``[N]`` per-sample loss that an attack maximises.
+
+    * ``paper``: ``F.cross_entropy`` on the *unnormalised* class scores of Eq. (4),
+      i.e. ``−log softmax(scores)_y``, as the public evaluation code does. For a
+      plain logits model it is the ordinary cross-entropy (the paper's baselines).
+    * ``ce``: ``−log p_y`` (on Eq. 4's log-probabilities, or on logits).
+    * ``margin``: ``max_{j≠y} z_j − z_y`` with ``z`` the log-probabilities or logits.
+    * ``magnet``: the adaptive attack, the Magnet loss of ``f(x)`` against the fixed
+      training clusters and ``σ²`` (needs a ClusterModel and ``alpha``).
+    """
+    check_choice(objective, "objective", OBJECTIVES)
+    is_cluster = isinstance(model, ClusterModel)
+    if objective == "magnet":
+        if not is_cluster:
+            raise ValueError("the magnet objective needs a ClusterModel")
+        if alpha is None:
+            raise ValueError("the magnet objective needs alpha (the Magnet loss margin)")
+        clf = model.classifier
+        return magnet_loss_fixed_clusters(model.embed(x), y, clf.centroids, clf.centroid_classes,
+                                          clf.variance, alpha)
+    if objective == "paper" and is_cluster:
+        return F.cross_entropy(model.scores(x), y, reduction="none")
+    z = model(x)
+    if objective in ("paper", "ce"):
+        return -z.log_softmax(1).gather(1, y[:, None]).squeeze(1)
+    true = z.gather(1, y[:, None]).squeeze(1)
+    other = z.scatter(1, y[:, None], float("-inf")).max(1).values
+    return other - true
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Project onto the ε-ball around ``x`` (``eps`` shaped ``[N]``), then into ``[0, 1]``.
+
+    Clipping into the box only shrinks each coordinate of the perturbation, so the
+    result stays inside the ball.
+    """
+    delta = x_adv - x
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    if norm == "linf":
+        bound = eps.view(shape)
+        delta = torch.maximum(torch.minimum(delta, bound), -bound)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / norms).clamp(max=1.0).view(shape)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def _random_start(x, eps, norm, generator):
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    if norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + (2.0 * noise - 1.0) * eps.view(shape)
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+    radius = eps * radius ** (1.0 / x[0].numel())
+    return x + direction * radius.view(shape)
+
+
+def _ascent_step(grad, step_size, norm):
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if norm == "linf":
+        return step_size * grad.sign()
+    shape = (-1,) + (1,) * (grad.ndim - 1)
+    return step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Put ``model`` in eval mode for the block and restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``[N]`` predicted classes, in batches."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class AttackResult:
+    """Outcome of an attack on a batch.
+
+    ``robust[i]`` is true when point ``i`` is classified correctly before the attack
+    and after *every* restart; ``x_adv`` holds, per point, a breaking input if any
+    restart found one (else the last restart's). ``broken_by_restart`` is ``[R, N]``.
+    With ``trace``, ``loss_trace`` and ``correct_trace`` are ``[steps + 1, R, N]``.
+    """
+
+    x_adv: torch.Tensor
+    clean_correct: torch.Tensor
+    robust: torch.Tensor
+    broken_by_restart: torch.Tensor
+    loss_trace: torch.Tensor | None = None
+    correct_trace: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+
+def _check_attack_inputs(x, y, eps, norm):
+    check_choice(norm, "norm", NORMS)
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError("x must be a floating tensor of inputs in [0, 1]")
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise ValueError("inputs must lie in [0, 1]; models normalise internally")
+    y = as_label_tensor(y, "y", x.shape[0]).to(x.device)
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    if eps.ndim == 0:
+        eps = eps.expand(x.shape[0])
+    if eps.shape != (x.shape[0],):
+        raise ValueError(f"eps must be a scalar or shaped [{x.shape[0]}], got {tuple(eps.shape)}")
+    if not bool(torch.isfinite(eps).all()) or float(eps.min()) < 0:
+        raise ValueError("eps must be finite and >= 0")
+    return y, eps
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: int,
+        restarts: int = 1, norm: str = "linf", objective: str = "ce", alpha: float | None = None,
+        random_start: bool = True, seed: int | None = 0, restarts_per_pass: int | None = None,
+        trace: bool = False) -> AttackResult:
+    """Projected gradient ascent (Madry et al.; the paper's PGD₂₀/PGD₁₀₀, Sec. 4.2).
+
+    ``x_{k+1} = Π(x_k + η · sign ∇ℓ)`` under ℓ∞ (``η · ∇ℓ/‖∇ℓ‖`` under ℓ2), with Π the
+    projection onto the ε-ball ∩ ``[0, 1]``. Each restart starts from a uniform
+    point of the ball (``random_start``). Restarts run side by side in the batch
+    dimension, ``restarts_per_pass`` of them at a time (all by default). A point
+    counts as broken if **any** restart's final iterate is misclassified (the
+    per-point worst case), not only the restart with the largest loss.
+
+    Args:
+        model: logits model or :class:`~clustr_lib.classify.ClusterModel`; run in
+            eval mode for the attack, its mode restored afterwards.
+        x: ``[N, ...]`` inputs in ``[0, 1]``; y: ``[N]`` labels.
+        eps: radius, a scalar or ``[N]``; step_size: η; steps: iterations.
+        objective: see :func:`attack_objective`; alpha: for ``"magnet"``.
+        seed: seed of the random starts (``None``: the global generator).
+        trace: record the loss and correctness of every iterate.
+    """
+    y, eps = _check_attack_inputs(x, y, eps, norm)
+    check_choice(objective, "objective", OBJECTIVES)
+    step_size = check_positive(step_size, "step_size")
+    if int(steps) < 0 or int(restarts) < 1:
+        raise ValueError("steps must be >= 0 and restarts >= 1")
+    steps, restarts = int(steps), int(restarts)
+    per_pass = restarts if restarts_per_pass is None else max(1, min(int(restarts_per_pass), restarts))
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(int(seed))
+
+    with evaluating(model):
+        clean_correct = predict(model, x) == y
+        finals, losses, corrects = [], [], []
+        for first in range(0, restarts, per_pass):
+            count = min(per_pass, restarts - first)
+            x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
+            x_adv = _random_start(x_rep, eps_rep, norm, generator) if random_start else x_rep.clone()
+            x_adv = project(x_adv, x_rep, eps_rep, norm)
+            loss_log, correct_log = [], []
+            for step in range(steps + 1):
+                x_adv.requires_grad_(True)
+                with torch.enable_grad():
+                    loss = attack_objective(model, x_adv, y_rep, objective, alpha)
+                    grad = None if step == steps else torch.autograd.grad(loss.sum(), x_adv)[0]
+                if trace:
+                    with torch.no_grad():
+                        loss_log.append(loss.detach())
+                        correct_log.append(model(x_adv).argmax(1) == y_rep)
+                x_adv = x_adv.detach()
+                if grad is not None:
+                    x_adv = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
+            finals.append(x_adv.view((count,) + tuple(x.shape)))
+            if trace:
+                losses.append(torch.stack(loss_log).view(steps + 1, count, -1))
+                corrects.append(torch.stack(correct_log).view(steps + 1, count, -1))
+        finals = torch.cat(finals)
+        final_pred = predict(model, finals.flatten(0, 1)).view(restarts, -1)
+
+    broken = final_pred != y[None, :]
+    robust = clean_correct & ~broken.any(0)
+    first_break = broken.float().argmax(0)  # the first breaking restart, 0 if none
+    choice = torch.where(broken.any(0), first_break, torch.full_like(first_break, restarts - 1))
+    x_best = finals[choice, torch.arange(x.shape[0], device=x.device)]
+    return AttackResult(
+        x_adv=x_best, clean_correct=clean_correct, robust=robust, broken_by_restart=broken,
+        loss_trace=torch.cat(losses, 1) if trace else None,
+        correct_trace=torch.cat(corrects, 1) if trace else None)
+
+
+def soft_cross_entropy(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``[N]`` ``−Σ_c p_c log q_c``; classes with ``p_c = 0`` contribute 0 even if ``log q_c = −∞``."""
+    return -torch.where(p > 0, p * log_q, torch.zeros_like(log_q)).sum(1)
+
+
+def qtrades_adversary(model: nn.Module, x: torch.Tensor, *, eps: float, step_size: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """The QTRADES adversary of Sec. 4.2 / App. D (one signed step).
+
+    ``x' = x + U(−ε, ε)``, then ``x_adv = Π(x' + η · sign ∇_{x'} CE(p(x'), p(x)))``
+    with ``p(x)`` held fixed as the soft target, Π the projection onto the ε-ball
+    around ``x`` clipped to ``[0, 1]``. Only the input gradient is computed, and the
+    model's mode is left as the caller set it (training mode during training).
+    ``p`` is ``softmax(model(x))``: Eq. (4) for a ClusterModel, the softmax of the
+    logits for a cross-entropy network. The public code uses ``η = 10/255`` at
+    ``ε = 8/255``.
+    """
+    eps = check_positive(eps, "eps", allow_zero=True)
+    step_size = check_positive(step_size, "step_size")
+    with torch.no_grad():
+        target = model(x).softmax(1)
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_start = (x + (2.0 * noise - 1.0) * eps).requires_grad_(True)
+    with torch.enable_grad():
+        loss = soft_cross_entropy(model(x_start).log_softmax(1), target).sum()
+        grad = torch.autograd.grad(loss, x_start)[0]
+    eps_vec = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
+    return project(x_start.detach() + _ascent_step(grad, step_size, "linf"), x, eps_vec, "linf")
+
+
+class FiniteLogits(nn.Module):
+    """Wraps a model so that ``−∞`` log-probabilities become a finite floor.
+
+    AutoAttack's DLR and FAB losses take differences of logits; a class outside the
+    D nearest clusters (log-probability ``−∞``) would make them NaN. The floor
+    (``−1000`` by default, i.e. probability ``e^{−1000}``) changes no prediction.
+    """
+
+    def __init__(self, model: nn.Module, floor: float = -1000.0):
+        super().__init__()
+        self.model = model
+        self.floor = float(floor)
+
+    def forward(self, x):
+        return self.model(x).clamp_min(self.floor)
+
+
+STANDARD_AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y, *, eps: float, norm: str = "linf",
+               batch_size: int = 250, seed: int = 0, attacks=STANDARD_AUTOATTACK,
+               log_level: int = logging.WARNING) -> AttackResult:
+    """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), via ``pyautoattack``.
+
+    The attacks run in sequence, each on the points still robust, with the
+    standard version's settings; the robust accuracy after each attack is returned
+    in ``extra["robust_after"]``. A ClusterModel's log-probabilities serve as the
+    logits (see :class:`FiniteLogits`).
+    """
+    from pyautoattack import AutoAttack
+
+    y, eps_vec = _check_attack_inputs(x, y, eps, norm)
+    unknown = set(attacks) - set(STANDARD_AUTOATTACK)
+    if unknown:
+        raise ValueError(f"unknown AutoAttack attacks {sorted(unknown)}")
+    wrapped = FiniteLogits(model)
+    logging.getLogger("auto-attack").setLevel(log_level)
+    with evaluating(model):
+        clean_correct = predict(wrapped, x) == y
+        num_classes = wrapped(x[:1]).shape[1]
+        if num_classes < 4 and {"apgd-t", "fab-t"} & set(attacks):
+            raise ValueError(f"the targeted attacks (DLR loss) need >= 4 classes, the model "
+                             f"has {num_classes}; pass attacks=('apgd-ce', 'square')")
+        runner = AutoAttack(wrapped, eps=float(eps), norm={"linf": "Linf", "l2": "L2"}[norm],
+                            version="standard", seed=seed, device=x.device)
+        runner.apgd_targeted.n_target_classes = min(9, num_classes - 1)
+        runner.fab.n_target_classes = min(9, num_classes - 1)
+        robust = clean_correct.clone()
+        x_adv = x.clone()
+        robust_after = {"clean": float(robust.float().mean())}
+        for name in attacks:
+            todo = torch.nonzero(robust).squeeze(1)
+            if len(todo):
+                runner.attacks_to_run = [name]
+                adv, _ = runner.run_standard_evaluation(x[todo], y[todo], batch_size=batch_size)
+                fooled = predict(wrapped, adv) != y[todo]
+                robust[todo[fooled]] = False
+                x_adv[todo[fooled]] = adv[fooled]
+            robust_after[name] = float(robust.float().mean())
+    return AttackResult(x_adv=x_adv, clean_correct=clean_correct, robust=robust,
+                        broken_by_restart=(~robust & clean_correct)[None],
+                        extra={"robust_after": robust_after})

@@ -1,0 +1,107 @@
+"""Theorem 1's certified ℓ2 radius for nearest-cluster classifiers (Sec. 3.1, App. A),
+certified-accuracy curves (Sec. 4.1, Fig. 3) and Lipschitz constants.
+
+All radii are computed in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._checks import as_float_tensor, as_label_tensor, check_choice, check_positive
+from .distances import squared_distances
+
+REDUCTIONS = ("sound", "paper")
+
+
+def nearest_cluster_predict(embeddings, centroids, centroid_classes) -> torch.Tensor:
+    """``[N]`` class of the nearest centroid (the classifier Theorem 1 certifies)."""
+    sq = squared_distances(torch.as_tensor(embeddings).double(), torch.as_tensor(centroids).double())
+    return torch.as_tensor(centroid_classes).to(sq.device)[sq.argmin(1)]
+
+
+def certified_radius(embeddings, centroids, centroid_classes, lipschitz: float,
+                     reduction: str = "sound") -> torch.Tensor:
+    """``[N]`` ℓ2 radius within which the nearest-cluster prediction cannot change.
+
+    Theorem 1, for the nearest centroid ``μ₁`` and a centroid ``μ₂`` of another class::
+
+        r = (‖f − μ₂‖² − ‖f − μ₁‖²) / (2 L ‖μ₂ − μ₁‖)
+
+    ``reduction="paper"`` takes ``μ₂`` as the nearest centroid of another class
+    (App. A.1). ``reduction="sound"`` takes the minimum of the bound over every
+    centroid of another class, i.e. the feature-space distance to the nearest
+    bisector divided by ``L``, which is what the proof guarantees: the nearest other
+    centroid need not have the nearest bisector, so ``paper ≥ sound`` and the paper's
+    reduction can over-state the radius.
+
+    Args:
+        embeddings: ``[N, d]`` features ``f_θ(x)``.
+        centroids: ``[C, d]``; centroid_classes: ``[C]``.
+        lipschitz: an upper bound ``L`` on the ℓ2 Lipschitz constant of ``f_θ``.
+        reduction: ``"sound"`` or ``"paper"``.
+    """
+    check_choice(reduction, "reduction", REDUCTIONS)
+    lipschitz = check_positive(lipschitz, "lipschitz")
+    feats = as_float_tensor(embeddings, "embeddings", ndim=2).detach().double()
+    mus = as_float_tensor(centroids, "centroids", ndim=2).detach().double().to(feats.device)
+    classes = as_label_tensor(centroid_classes, "centroid_classes", mus.shape[0]).to(feats.device)
+    if feats.shape[1] != mus.shape[1]:
+        raise ValueError("embeddings and centroids differ in dimension")
+    if len(torch.unique(classes)) < 2:
+        raise ValueError("a certificate needs centroids of at least two classes")
+
+    sq = squared_distances(feats, mus)
+    nearest = sq.argmin(1)
+    other = classes[None, :] != classes[nearest][:, None]
+    gap = sq - sq.gather(1, nearest[:, None])
+    separation = torch.cdist(mus[nearest], mus)  # ‖μ_j − μ₁‖ for every j, [N, C]
+    bound = gap / (2.0 * lipschitz * separation.clamp_min(torch.finfo(torch.float64).tiny))
+    bound = bound.masked_fill(~other, float("inf"))
+    if reduction == "sound":
+        return bound.min(1).values
+    runner_up = sq.masked_fill(~other, float("inf")).argmin(1)
+    return bound.gather(1, runner_up[:, None]).squeeze(1)
+
+
+def certified_accuracy(radii, correct, thresholds) -> np.ndarray:
+    """Certified accuracy at each radius ``r`` in ``thresholds`` (Sec. 4.1).
+
+    The fraction of points that are correctly classified *and* whose radius exceeds
+    ``r`` (strictly, as in the paper's definition).
+    """
+    radii = np.asarray(torch.as_tensor(radii).cpu(), dtype=np.float64)
+    correct = np.asarray(torch.as_tensor(correct).cpu(), dtype=bool)
+    if radii.shape != correct.shape or radii.ndim != 1:
+        raise ValueError("radii and correct must be 1-D arrays of the same length")
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    return ((radii[None, :] > thresholds[:, None]) & correct[None, :]).mean(1)
+
+
+def spectral_norm(weight) -> float:
+    """Exact ℓ2 operator norm (largest singular value) of a linear map's matrix."""
+    weight = torch.as_tensor(weight).detach().double()
+    if weight.ndim != 2:
+        raise ValueError(f"a linear map's weight must be 2-D, got shape {tuple(weight.shape)}")
+    return float(torch.linalg.matrix_norm(weight, ord=2))
+
+
+def mlp_lipschitz_upper_bound(mlp: nn.Module) -> float:
+    """Product of the layers' spectral norms: an upper bound on an MLP's ℓ2 Lipschitz constant.
+
+    Accepts an ``nn.Sequential`` (nested ones too) of ``nn.Linear`` and 1-Lipschitz
+    activations (``ReLU``, ``LeakyReLU`` with slope ≤ 1, ``Identity``, ``Flatten``).
+    """
+    bound = 1.0
+    for layer in (m for m in mlp.modules() if not isinstance(m, nn.Sequential)):
+        if isinstance(layer, nn.Linear):
+            bound *= spectral_norm(layer.weight)
+        elif isinstance(layer, (nn.ReLU, nn.Identity, nn.Flatten)):
+            continue
+        elif isinstance(layer, nn.LeakyReLU) and abs(layer.negative_slope) <= 1:
+            continue
+        else:
+            raise TypeError(f"no Lipschitz rule for layer {type(layer).__name__}")
+    return bound

@@ -1,0 +1,286 @@
+"""The Magnet loss (Sec. 3.2, Eq. 3), the per-class k-means cluster index and the
+neighbourhood batch sampler of Rippel et al. that ClusTR trains with (App. D).
+
+Cluster numbering used throughout the library: cluster ``j`` of class ``c`` has the
+global id ``c * K + j``, so ``centroid_classes = arange(L).repeat_interleave(K)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from ._checks import as_float_tensor, as_label_tensor, check_positive
+from .distances import squared_distances
+
+
+def _hinged_magnet_terms(
+    sq_dist: torch.Tensor,
+    own: torch.Tensor,
+    other_class: torch.Tensor,
+    variance: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
+    """Per-sample ``{α + d_own/(2σ²) + log Σ_other exp(−d/(2σ²))}₊`` in log space.
+
+    ``sq_dist`` is ``[N, C]``, ``own`` the column of each sample's own cluster and
+    ``other_class`` a ``[N, C]`` mask of the clusters of other classes. The sum over
+    other clusters is a ``logsumexp`` (no exp/log round trip, no epsilon).
+    """
+    scaled = sq_dist / (2.0 * variance)
+    own_term = scaled.gather(1, own[:, None]).squeeze(1)
+    impostor = torch.logsumexp(scaled.neg().masked_fill(~other_class, float("-inf")), dim=1)
+    return torch.relu(alpha + own_term + impostor)
+
+
+def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float):
+    """Batch approximation of the Magnet loss, Eq. (3) of the paper.
+
+    Within the batch, the mean ``μ_c`` of each cluster present is the mean of the
+    batch's members of that cluster and ``σ² = Σ_i ‖f_i − μ(x_i)‖² / (N − 1)``. Each
+    sample then pays::
+
+        ℓ_i = max(0, α + ‖f_i − μ(x_i)‖²/(2σ²) + log Σ_{c: class(c) ≠ y_i} exp(−‖f_i − μ_c‖²/(2σ²)))
+
+    where the sum runs over the clusters of *other* classes present in the batch.
+    Gradients flow through the batch means and through ``σ²``, as in the public code.
+
+    Args:
+        embeddings: ``[N, d]`` features ``f_θ(x)``.
+        cluster_ids: ``[N]`` integer id of each sample's cluster (any numbering).
+        class_ids: ``[N]`` class of each sample; all members of a cluster share it.
+        alpha: the margin ``α ≥ 0``.
+
+    Returns:
+        ``(mean_loss, per_sample_losses, variance)``: a scalar, an ``[N]`` tensor and
+        the scalar ``σ²`` of the batch.
+    """
+    embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
+    n = embeddings.shape[0]
+    cluster_ids = as_label_tensor(cluster_ids, "cluster_ids", n).to(embeddings.device)
+    class_ids = as_label_tensor(class_ids, "class_ids", n).to(embeddings.device)
+    alpha = check_positive(alpha, "alpha", allow_zero=True)
+    if n < 2:
+        raise ValueError("the Magnet loss needs at least 2 samples (σ² divides by N − 1)")
+
+    clusters, member_of = torch.unique(cluster_ids, return_inverse=True)
+    counts = torch.bincount(member_of, minlength=len(clusters)).to(embeddings.dtype)
+    means = torch.zeros(len(clusters), embeddings.shape[1], dtype=embeddings.dtype,
+                        device=embeddings.device)
+    means = means.index_add(0, member_of, embeddings) / counts[:, None]
+    cluster_class = torch.empty(len(clusters), dtype=torch.long, device=embeddings.device)
+    cluster_class[member_of] = class_ids
+    if not torch.equal(cluster_class[member_of], class_ids):
+        raise ValueError("every member of a cluster must have the same class")
+    other_class = cluster_class[None, :] != class_ids[:, None]
+    if not bool(other_class.any(1).all()):
+        raise ValueError("every sample needs a cluster of another class in the batch")
+
+    sq_dist = squared_distances(embeddings, means)
+    own_sq = sq_dist.gather(1, member_of[:, None]).squeeze(1)
+    variance = own_sq.sum() / (n - 1)
+    losses = _hinged_magnet_terms(sq_dist, member_of, other_class, variance, alpha)
+    return losses.mean(), losses, variance
+
+
+def magnet_loss_fixed_clusters(embeddings, labels, centroids, centroid_classes, variance,
+                               alpha: float) -> torch.Tensor:
+    """Per-sample Magnet loss against *fixed* clusters (the adaptive attack, Sec. 4.2).
+
+    Same expression as :func:`magnet_loss`, Eq. (3), but with the training set's
+    centroids and ``σ²`` held fixed. A test point has no cluster assignment, so its
+    own cluster is the nearest centroid of its true class; the impostor sum runs over
+    all centroids of the other classes. The hinge is kept, so a point whose loss is
+    below zero gives no gradient (the objective is the paper's, masking included).
+    """
+    embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
+    labels = as_label_tensor(labels, "labels", embeddings.shape[0]).to(embeddings.device)
+    centroid_classes = centroid_classes.to(embeddings.device)
+    sq_dist = squared_distances(embeddings, centroids)
+    same_class = centroid_classes[None, :] == labels[:, None]
+    if not bool(same_class.any(1).all()):
+        raise ValueError("a label has no centroid of its class")
+    own = sq_dist.masked_fill(~same_class, float("inf")).argmin(1)
+    variance = torch.as_tensor(variance, dtype=embeddings.dtype, device=embeddings.device)
+    return _hinged_magnet_terms(sq_dist, own, ~same_class, variance, alpha)
+
+
+class ClusterIndex:
+    """Per-class k-means (k-means++ initialisation) of the training embeddings (App. D).
+
+    After :meth:`fit` the index exposes ``centroids_`` (``[L·K, d]``),
+    ``centroid_classes_`` (``[L·K]``), ``assignments_`` (the global cluster id of
+    every training sample) and ``variance_``: the ``σ²`` of Eq. (4),
+    ``Σ_i ‖f_i − μ(x_i)‖² / (N − 1)`` over the whole training set.
+
+    Args:
+        clusters_per_class: ``K`` (2 in the paper's image experiments, 1 in 2-D).
+        random_state: seed of the k-means++ initialisation (incremented per refresh).
+    """
+
+    def __init__(self, clusters_per_class: int = 2, random_state: int = 0):
+        if int(clusters_per_class) < 1:
+            raise ValueError(f"clusters_per_class must be >= 1, got {clusters_per_class}")
+        self.clusters_per_class = int(clusters_per_class)
+        self.random_state = int(random_state)
+        self.refreshes_ = 0
+
+    def fit(self, embeddings, labels, num_classes: int | None = None) -> "ClusterIndex":
+        """Set the labels, then cluster ``embeddings`` class by class."""
+        embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
+        labels = as_label_tensor(labels, "labels", embeddings.shape[0]).cpu()
+        num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+        sizes = torch.bincount(labels, minlength=num_classes)
+        if len(sizes) > num_classes:
+            raise ValueError(f"labels go up to {len(sizes) - 1} but num_classes={num_classes}")
+        if int(sizes.min()) < self.clusters_per_class:
+            small = int(sizes.argmin())
+            raise ValueError(
+                f"class {small} has {int(sizes[small])} samples, fewer than "
+                f"clusters_per_class={self.clusters_per_class}")
+        self.labels_ = labels
+        self.num_classes_ = num_classes
+        self.members_ = [torch.nonzero(labels == c).squeeze(1).numpy() for c in range(num_classes)]
+        return self.refresh(embeddings)
+
+    def refresh(self, embeddings) -> "ClusterIndex":
+        """Re-run per-class k-means on new embeddings of the same training set."""
+        embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
+        if not hasattr(self, "labels_"):
+            raise RuntimeError("call fit(embeddings, labels) before refresh")
+        if embeddings.shape[0] != len(self.labels_):
+            raise ValueError(f"expected {len(self.labels_)} embeddings, got {embeddings.shape[0]}")
+        feats = embeddings.detach().cpu().numpy()
+        k = self.clusters_per_class
+        centroids = np.empty((self.num_classes_ * k, feats.shape[1]), dtype=feats.dtype)
+        assignments = np.empty(len(feats), dtype=np.int64)
+        for c, members in enumerate(self.members_):
+            km = KMeans(n_clusters=k, init="k-means++", n_init=1,
+                        random_state=self.random_state + self.refreshes_)
+            local = km.fit_predict(feats[members]) if k > 1 else np.zeros(len(members), int)
+            centroids[c * k:(c + 1) * k] = (km.cluster_centers_ if k > 1
+                                            else feats[members].mean(0, keepdims=True))
+            assignments[members] = c * k + local
+        self.centroids_ = torch.from_numpy(centroids).to(embeddings.device)
+        self.centroid_classes_ = torch.arange(self.num_classes_).repeat_interleave(k)
+        self.assignments_ = torch.from_numpy(assignments)
+        own = embeddings.detach() - self.centroids_[self.assignments_.to(embeddings.device)]
+        self.variance_ = float((own.double() ** 2).sum() / (len(feats) - 1))
+        self.refreshes_ += 1
+        return self
+
+    @property
+    def num_clusters(self) -> int:
+        return self.num_classes_ * self.clusters_per_class
+
+
+@dataclass
+class MagnetBatch:
+    """One neighbourhood: dataset ``indices`` and the global ``cluster_ids`` they came from."""
+
+    indices: np.ndarray
+    cluster_ids: np.ndarray
+
+
+class NeighbourhoodSampler:
+    """Rippel et al.'s neighbourhood sampling for the Magnet loss (App. D).
+
+    Each batch: a seed cluster drawn with probability proportional to its mean
+    recorded loss (uniformly while no loss is recorded), the ``M − 1`` centroids of
+    *other* classes nearest to the seed centroid, and ``D`` samples drawn without
+    replacement from each of those ``M`` clusters (the whole cluster if it is smaller).
+    One epoch is ``ceil(N / (M·D))`` batches: as many samples as the dataset holds,
+    counted at the nominal batch size (a batch with a cluster smaller than ``D`` is
+    smaller), so every epoch has the same number of steps.
+
+    Per-sample losses start at zero, as in the public code, and a cluster's loss is
+    the mean over its current members; both updates are vectorised.
+
+    Args:
+        index: a fitted :class:`ClusterIndex` (read afresh at every batch, so a
+            refresh takes effect immediately).
+        clusters_per_batch: ``M`` (12 in the paper).
+        samples_per_cluster: ``D`` (20 in the paper).
+        seed: seed of the sampler's own NumPy generator.
+    """
+
+    def __init__(self, index: ClusterIndex, clusters_per_batch: int = 12,
+                 samples_per_cluster: int = 20, seed: int = 0):
+        if not hasattr(index, "assignments_"):
+            raise ValueError("the cluster index must be fitted before sampling")
+        self.index = index
+        self.clusters_per_batch = int(clusters_per_batch)
+        self.samples_per_cluster = int(samples_per_cluster)
+        if self.clusters_per_batch < 2:
+            raise ValueError("clusters_per_batch must be >= 2 (a seed and an impostor)")
+        if self.samples_per_cluster < 1:
+            raise ValueError("samples_per_cluster must be >= 1")
+        others = index.num_clusters - index.clusters_per_class
+        if self.clusters_per_batch - 1 > others:
+            raise ValueError(f"clusters_per_batch={self.clusters_per_batch} needs "
+                             f"{self.clusters_per_batch - 1} impostor clusters; only {others} exist")
+        self.rng = np.random.default_rng(seed)
+        self.sample_losses = np.zeros(len(index.assignments_), dtype=np.float64)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        per_batch = self.clusters_per_batch * self.samples_per_cluster
+        return -(-len(self.sample_losses) // per_batch)
+
+    def record_losses(self, indices, losses) -> None:
+        """Store the latest per-sample losses of a batch (duplicates: last one wins)."""
+        losses = losses.detach().cpu().numpy() if torch.is_tensor(losses) else np.asarray(losses)
+        self.sample_losses[np.asarray(indices)] = losses
+
+    def cluster_losses(self) -> np.ndarray:
+        """Mean recorded loss of every cluster's current members."""
+        assign = self.index.assignments_.numpy()
+        n = self.index.num_clusters
+        sums = np.bincount(assign, weights=self.sample_losses, minlength=n)
+        counts = np.bincount(assign, minlength=n)
+        return sums / np.maximum(counts, 1)
+
+    def seed_probabilities(self) -> np.ndarray:
+        """Probability of each cluster to be drawn as the seed."""
+        losses = self.cluster_losses()
+        total = losses.sum()
+        if total <= 0:
+            return np.full(len(losses), 1.0 / len(losses))
+        return losses / total
+
+    def impostors(self, seed_cluster: int) -> np.ndarray:
+        """The ``M − 1`` clusters of other classes nearest to the seed centroid."""
+        centroids = self.index.centroids_.double().cpu()
+        sq = squared_distances(centroids[seed_cluster:seed_cluster + 1], centroids)[0]
+        classes = self.index.centroid_classes_
+        sq[classes == classes[seed_cluster]] = float("inf")
+        return torch.argsort(sq, stable=True)[: self.clusters_per_batch - 1].numpy()
+
+    def sample(self) -> MagnetBatch:
+        """Draw one neighbourhood batch."""
+        seed_cluster = int(self.rng.choice(self.index.num_clusters, p=self.seed_probabilities()))
+        chosen = np.concatenate([[seed_cluster], self.impostors(seed_cluster)])
+        order, starts, sizes = self._members_by_cluster()
+        picks = [starts[c] + self.rng.choice(sizes[c], min(sizes[c], self.samples_per_cluster),
+                                             replace=False) for c in chosen]
+        indices = order[np.concatenate(picks)]
+        return MagnetBatch(indices=indices, cluster_ids=self.index.assignments_.numpy()[indices])
+
+    def _members_by_cluster(self):
+        """Samples sorted by cluster, with each cluster's start and size (cached per refresh)."""
+        if getattr(self, "_members_for", None) != self.index.refreshes_:
+            assign = self.index.assignments_.numpy()
+            order = np.argsort(assign, kind="stable")
+            sizes = np.bincount(assign, minlength=self.index.num_clusters)
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            self._members = (order, starts, sizes)
+            self._members_for = self.index.refreshes_
+        return self._members
+
+    def __iter__(self):
+        """Yield one epoch: ``len(self)`` batches of nominal size ``M·D``."""
+        for _ in range(len(self)):
+            yield self.sample()

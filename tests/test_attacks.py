@@ -1,0 +1,223 @@
+"""PGD, objectives, QTRADES and AutoAttack against analytic answers on linear models."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clustr_lib.attacks import attack_objective, autoattack, pgd, qtrades_adversary
+from clustr_lib.classify import ClusterClassifier, ClusterModel
+
+
+class LinearLogits(nn.Module):
+    def __init__(self, W, b):
+        super().__init__()
+        self.W = nn.Parameter(torch.as_tensor(W, dtype=torch.float32))
+        self.b = nn.Parameter(torch.as_tensor(b, dtype=torch.float32))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.W.T + self.b
+
+
+class Recorder(nn.Module):
+    """Passes inputs through and keeps every input it is called on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+def binary_linear(rng, n_features=12):
+    W = rng.normal(size=(2, n_features))
+    b = np.array([0.0, -float(W[1].sum() - W[0].sum()) / 2])
+    return W, b
+
+
+def analytic_linf_robust(x, y, W, b, eps):
+    """Exact robust accuracy of a 2-class linear model under ℓ∞ ∩ [0, 1]."""
+    robust = []
+    for xi, yi in zip(x, y):
+        a = W[yi] - W[1 - yi]
+        margin = a @ xi + b[yi] - b[1 - yi]
+        lo, hi = np.maximum(-eps, -xi), np.minimum(eps, 1 - xi)
+        worst = margin + np.sum(np.where(a > 0, a * lo, a * hi))
+        robust.append(margin > 0 and worst > 0)
+    return np.mean(robust)
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.05, 0.1])
+def test_pgd_reaches_the_analytic_linf_robust_accuracy(rng, eps):
+    W, b = binary_linear(rng)
+    x = rng.uniform(0, 1, size=(300, 12))
+    y = (x @ W.T + b).argmax(1)
+    y[::7] = 1 - y[::7]  # some misclassified points too
+    model = LinearLogits(W, b)
+    expected = analytic_linf_robust(x, y, W, b, eps)
+    for objective in ("ce", "margin", "paper"):
+        result = pgd(model, torch.tensor(x, dtype=torch.float32), torch.tensor(y), eps=eps,
+                     step_size=eps / 4, steps=20, restarts=1, objective=objective)
+        assert result.robust_accuracy == pytest.approx(expected, abs=1 / 300), objective
+    assert 0.05 < expected < 0.95
+
+
+def test_pgd_reaches_the_analytic_l2_robust_accuracy(rng):
+    W, b = binary_linear(rng)
+    x = rng.uniform(0.35, 0.65, size=(300, 12))  # the box never binds at this ε
+    y = (x @ W.T + b).argmax(1)
+    eps = 0.15
+    a = W[y] - W[1 - y]
+    margin = (a * x).sum(1) + b[y] - b[1 - y]
+    expected = np.mean(margin - eps * np.linalg.norm(a, axis=1) > 0)
+    result = pgd(LinearLogits(W, b), torch.tensor(x, dtype=torch.float32), torch.tensor(y),
+                 eps=eps, step_size=eps / 4, steps=30, norm="l2", objective="ce")
+    assert result.robust_accuracy == pytest.approx(expected, abs=1 / 300)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_iterates_stay_in_the_ball_and_the_box(rng, norm):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 5))
+    recorder = Recorder(net)
+    x = torch.tensor(rng.uniform(0, 1, size=(20, 3, 4, 4)), dtype=torch.float32)
+    x[:, 0] = 0.0  # pixels on the box's faces
+    x[:, 1] = 1.0
+    y = torch.tensor(rng.integers(0, 5, size=20))
+    eps = 0.1 if norm == "linf" else 0.5
+    pgd(recorder, x, y, eps=eps, step_size=0.08, steps=7, restarts=3, norm=norm)
+    iterates = [s for s in recorder.seen if s.shape[0] == 60]
+    assert len(iterates) == 9  # 8 iterates (start + 7 steps) and the final prediction
+    for s in iterates:
+        delta = s - x.repeat(3, 1, 1, 1)
+        size = delta.abs().flatten(1).max(1).values if norm == "linf" else delta.flatten(1).norm(dim=1)
+        assert float(size.max()) <= eps + 1e-6
+        assert float(s.min()) >= 0.0 and float(s.max()) <= 1.0
+
+
+def test_more_restarts_never_raise_robust_accuracy(rng):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.tensor(rng.uniform(0, 1, size=(200, 10)), dtype=torch.float32)
+    y = net(x).argmax(1).detach()
+    accs = [pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=r, seed=5).robust_accuracy
+            for r in (1, 2, 4, 8)]
+    assert all(later <= earlier for earlier, later in zip(accs, accs[1:]))
+    assert accs[-1] < accs[0]  # the weak attack does gain from restarts here
+    side_by_side = pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5,
+                       restarts_per_pass=3).robust_accuracy
+    assert side_by_side == accs[-1]  # chunking restarts does not change the result
+
+
+@pytest.fixture
+def cluster_model(rng):
+    W = rng.normal(size=(4, 6)).astype(np.float32)
+    centroids = torch.tensor(rng.normal(size=(8, 4)) * 2, dtype=torch.float32)
+    classes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    embed = nn.Linear(6, 4, bias=False)
+    embed.weight.data = torch.tensor(W)
+    return ClusterModel(embed, ClusterClassifier(centroids, classes, variance=1.5, num_nearest=4))
+
+
+def test_objectives_on_a_cluster_model_match_numpy(cluster_model, rng):
+    x = torch.tensor(rng.uniform(0, 1, size=(15, 6)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 4, size=15))
+    f = (x @ cluster_model.embedder.weight.T).detach().numpy().astype(np.float64)
+    mu = cluster_model.classifier.centroids.numpy().astype(np.float64)
+    classes = cluster_model.classifier.centroid_classes.numpy()
+    d = ((f[:, None] - mu[None]) ** 2).sum(-1) / (2 * 1.5)
+    scores = np.zeros((15, 4))
+    for i in range(15):
+        for j in np.argsort(d[i])[:4]:
+            scores[i, classes[j]] += np.exp(-d[i, j])
+    paper = -np.log(np.exp(scores[np.arange(15), y]) / np.exp(scores).sum(1))
+    with np.errstate(divide="ignore"):
+        logp = np.log(scores) - np.log(scores.sum(1, keepdims=True))
+    ce = -logp[np.arange(15), y]
+    other = logp.copy()
+    other[np.arange(15), y] = -np.inf
+    margin = other.max(1) - logp[np.arange(15), y]
+    np.testing.assert_allclose(attack_objective(cluster_model, x, y, "paper").detach(), paper, rtol=1e-4)
+    got_ce = attack_objective(cluster_model, x, y, "ce").detach().numpy()
+    got_margin = attack_objective(cluster_model, x, y, "margin").detach().numpy()
+    np.testing.assert_allclose(got_ce[np.isfinite(ce)], ce[np.isfinite(ce)], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got_margin[np.isfinite(margin)], margin[np.isfinite(margin)], rtol=1e-4, atol=1e-4)
+    assert np.all(np.isinf(got_ce) == np.isinf(ce))
+
+
+def test_pgd_on_cluster_model_runs_every_objective_without_nan(cluster_model, rng):
+    x = torch.tensor(rng.uniform(0, 1, size=(30, 6)), dtype=torch.float32)
+    y = cluster_model(x).argmax(1).detach()
+    for objective in ("paper", "ce", "margin", "magnet"):
+        result = pgd(cluster_model, x, y, eps=0.1, step_size=0.03, steps=5, restarts=2,
+                     objective=objective, alpha=1.0, trace=True)
+        assert torch.isfinite(result.x_adv).all()
+        assert result.loss_trace.shape == (6, 2, 30)
+        assert result.robust_accuracy <= result.clean_accuracy == 1.0
+
+
+def test_attack_parameters_are_validated_before_any_work(cluster_model):
+    x, y = torch.rand(4, 6), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="objective"):
+        pgd(cluster_model, x, y, eps=0.1, step_size=0.01, steps=1, objective="hinge")
+    with pytest.raises(ValueError, match="eps"):
+        pgd(cluster_model, x, y, eps=-0.1, step_size=0.01, steps=1)
+    with pytest.raises(ValueError, match="norm"):
+        pgd(cluster_model, x, y, eps=0.1, step_size=0.01, steps=1, norm="l1")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd(cluster_model, x * 3, y, eps=0.1, step_size=0.01, steps=1)
+    with pytest.raises(ValueError, match="alpha"):
+        pgd(cluster_model, x, y, eps=0.1, step_size=0.01, steps=1, objective="magnet")
+    with pytest.raises(ValueError, match="ClusterModel"):
+        pgd(nn.Linear(6, 2), x, y, eps=0.1, step_size=0.01, steps=1, objective="magnet", alpha=1.0)
+
+
+def test_qtrades_adversary_is_one_signed_step_of_the_soft_cross_entropy(rng):
+    W = rng.normal(size=(3, 8)).astype(np.float32)
+    model = LinearLogits(W, np.zeros(3))
+    x = torch.tensor(rng.uniform(0, 1, size=(50, 8)), dtype=torch.float32)
+    eps, step = 8 / 255, 10 / 255
+    x_adv = qtrades_adversary(model, x, eps=eps, step_size=step,
+                              generator=torch.Generator().manual_seed(7))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)).numpy()
+    xs = x.numpy() + (2 * noise - 1) * eps
+    p = F.softmax(torch.tensor(x.numpy() @ W.T), 1).numpy()
+    q = F.softmax(torch.tensor(xs @ W.T), 1).numpy()
+    grad = (q - p) @ W  # ∇_{x'} of −Σ p log q for logits Wx'
+    expected = np.clip(np.clip(xs + step * np.sign(grad), x.numpy() - eps, x.numpy() + eps), 0, 1)
+    np.testing.assert_allclose(x_adv.numpy(), expected, atol=1e-6)
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+
+
+def test_autoattack_matches_the_analytic_robust_accuracy_of_a_linear_model(rng):
+    W, b = binary_linear(rng, n_features=16)
+    x = rng.uniform(0, 1, size=(60, 16))
+    y = (x @ W.T + b).argmax(1)
+    eps = 0.05
+    expected = analytic_linf_robust(x, y, W, b, eps)
+    # two decoy classes that can never win (AutoAttack's targeted DLR needs 4 classes)
+    W4, b4 = np.concatenate([W, W[:2]]), np.concatenate([b, [-1e3, -1e3]])
+    result = autoattack(LinearLogits(W4, b4), torch.tensor(x, dtype=torch.float32).view(60, 1, 4, 4),
+                        torch.tensor(y), eps=eps, batch_size=60)
+    assert result.robust_accuracy == pytest.approx(expected, abs=1 / 60)
+    assert list(result.extra["robust_after"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_autoattack_refuses_targeted_attacks_below_four_classes(rng):
+    W, b = binary_linear(rng, n_features=4)
+    x, y = torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="4 classes"):
+        autoattack(LinearLogits(W, b), x, y, eps=0.1)
+
+
+def test_autoattack_runs_on_a_cluster_model(cluster_model, rng):
+    x = torch.tensor(rng.uniform(0, 1, size=(12, 6)), dtype=torch.float32)
+    y = cluster_model(x).argmax(1).detach()
+    flat = ClusterModel(nn.Sequential(nn.Flatten(), cluster_model.embedder), cluster_model.classifier)
+    result = autoattack(flat, x.view(12, 1, 2, 3), y, eps=0.05, batch_size=12)
+    assert result.clean_accuracy == 1.0
+    assert result.robust_accuracy <= 1.0
+    assert torch.all((result.x_adv - x.view(12, 1, 2, 3)).abs() <= 0.05 + 1e-6)

@@ -1,0 +1,133 @@
+"""Magnet loss (Eq. 3) and the cluster index against direct NumPy transcriptions."""
+
+import numpy as np
+import pytest
+import torch
+
+from clustr_lib.magnet import ClusterIndex, magnet_loss, magnet_loss_fixed_clusters
+
+
+def numpy_magnet(f, cluster, cls, alpha):
+    """Eq. (3), batch approximation, written out sample by sample."""
+    n = len(f)
+    ids = sorted(set(cluster.tolist()))
+    mu = {c: f[cluster == c].mean(0) for c in ids}
+    cclass = {c: cls[cluster == c][0] for c in ids}
+    var = sum(np.sum((f[i] - mu[cluster[i]]) ** 2) for i in range(n)) / (n - 1)
+    out = []
+    for i in range(n):
+        own = np.sum((f[i] - mu[cluster[i]]) ** 2) / (2 * var)
+        others = [np.exp(-np.sum((f[i] - mu[c]) ** 2) / (2 * var)) for c in ids if cclass[c] != cls[i]]
+        out.append(max(0.0, alpha + own + np.log(np.sum(others))))
+    return np.array(out), var
+
+
+@pytest.mark.parametrize("n_clusters,per_cluster,dim,alpha", [
+    (4, 5, 3, 0.0), (6, 7, 16, 1.0), (12, 20, 8, 12.5), (3, 2, 2, 0.3)])
+def test_magnet_loss_matches_numpy(rng, n_clusters, per_cluster, dim, alpha):
+    cluster = np.repeat(np.arange(n_clusters) * 3 + 1, per_cluster)  # arbitrary ids
+    cls = (cluster // 3) % max(2, n_clusters // 2)
+    f = rng.normal(size=(len(cluster), dim)) + rng.normal(size=(n_clusters, dim)).repeat(per_cluster, 0)
+    expected, var = numpy_magnet(f, cluster, cls, alpha)
+    mean, per_sample, variance = magnet_loss(torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha)
+    np.testing.assert_allclose(per_sample.numpy(), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(float(mean), expected.mean(), rtol=1e-9)
+    np.testing.assert_allclose(float(variance), var, rtol=1e-9)
+
+
+def test_magnet_loss_hinge_is_active_for_well_separated_clusters():
+    f = torch.tensor([[0.0, 0.0], [0.1, 0.0], [100.0, 0.0], [100.1, 0.0]], dtype=torch.float64)
+    _, per_sample, _ = magnet_loss(f, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]), 0.5)
+    assert torch.all(per_sample == 0)
+
+
+def test_magnet_gradient_flows_through_variance(rng):
+    """Analytic gradients equal finite differences of the full expression (σ² included)."""
+    cluster = torch.tensor(np.repeat(np.arange(4), 3))
+    cls = cluster // 2
+    f = torch.tensor(rng.normal(size=(12, 3)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda e: magnet_loss(e, cluster, cls, 5.0)[0], (f,))
+    # a detached σ² would give a different gradient: the dependence is real
+    g_full = torch.autograd.grad(magnet_loss(f, cluster, cls, 5.0)[0], f)[0]
+    fd = np.zeros(f.shape)
+    base = f.detach().numpy()
+    for i in range(12):
+        for j in range(3):
+            h = np.zeros_like(base)
+            h[i, j] = 1e-6
+            up = numpy_magnet(base + h, cluster.numpy(), cls.numpy(), 5.0)[0].mean()
+            down = numpy_magnet(base - h, cluster.numpy(), cls.numpy(), 5.0)[0].mean()
+            fd[i, j] = (up - down) / 2e-6
+    np.testing.assert_allclose(g_full.numpy(), fd, rtol=1e-5, atol=1e-7)
+
+
+def test_magnet_loss_rejects_bad_input():
+    f = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="same class"):
+        magnet_loss(f, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 1.0)
+    with pytest.raises(ValueError, match="another class"):
+        magnet_loss(f, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 0]), 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        magnet_loss(f, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]), -1.0)
+    with pytest.raises(ValueError, match="2-D"):
+        magnet_loss(torch.randn(4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]), 1.0)
+    with pytest.raises(ValueError, match="entries"):
+        magnet_loss(f, torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1, 1]), 1.0)
+
+
+def test_fixed_cluster_magnet_matches_numpy(rng):
+    centroids = rng.normal(size=(6, 4)) * 3
+    classes = np.array([0, 0, 1, 1, 2, 2])
+    f = rng.normal(size=(10, 4)) * 3
+    y = rng.integers(0, 3, size=10)
+    var, alpha = 2.5, 1.5
+    got = magnet_loss_fixed_clusters(torch.tensor(f), torch.tensor(y), torch.tensor(centroids),
+                                     torch.tensor(classes), var, alpha).numpy()
+    for i in range(10):
+        d = ((f[i] - centroids) ** 2).sum(1) / (2 * var)
+        own = d[classes == y[i]].min()
+        expected = max(0.0, alpha + own + np.log(np.exp(-d[classes != y[i]]).sum()))
+        assert got[i] == pytest.approx(expected, rel=1e-9)
+
+
+def test_cluster_index_is_a_per_class_kmeans_fixed_point(rng):
+    labels = np.repeat(np.arange(3), 40)
+    f = rng.normal(size=(120, 5)) + labels[:, None] * 4.0
+    f[::2] += 10.0  # two well separated modes per class
+    index = ClusterIndex(clusters_per_class=2, random_state=0).fit(torch.tensor(f), torch.tensor(labels))
+    cent, cls, assign = index.centroids_.numpy(), index.centroid_classes_.numpy(), index.assignments_.numpy()
+    assert cent.shape == (6, 5) and cls.tolist() == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(cls[assign], labels)
+    for c in range(6):
+        np.testing.assert_allclose(cent[c], f[assign == c].mean(0), atol=1e-9)
+    for i in range(120):  # each sample sits in the nearest centroid of its own class
+        own = np.nonzero(cls == labels[i])[0]
+        assert assign[i] == own[np.argmin(((f[i] - cent[own]) ** 2).sum(1))]
+    # the two modes of each class are separated
+    for c in range(3):
+        members = labels == c
+        assert len(set(assign[members & (np.arange(120) % 2 == 0)])) == 1
+    expected_var = ((f - cent[assign]) ** 2).sum() / (120 - 1)
+    assert index.variance_ == pytest.approx(expected_var, rel=1e-9)
+
+
+def test_cluster_index_k1_uses_class_means_and_refresh_updates(rng):
+    labels = np.repeat(np.arange(2), 10)
+    f = rng.normal(size=(20, 3))
+    index = ClusterIndex(1).fit(torch.tensor(f), torch.tensor(labels))
+    np.testing.assert_allclose(index.centroids_.numpy()[1], f[10:].mean(0))
+    index.refresh(torch.tensor(f + 5.0))
+    np.testing.assert_allclose(index.centroids_.numpy()[1], f[10:].mean(0) + 5.0)
+    assert index.refreshes_ == 2
+
+
+def test_cluster_index_rejects_bad_input():
+    with pytest.raises(ValueError, match="fewer than clusters_per_class"):
+        ClusterIndex(3).fit(torch.randn(5, 2), torch.tensor([0, 0, 0, 1, 1]))
+    with pytest.raises(ValueError, match=">= 1"):
+        ClusterIndex(0)
+    index = ClusterIndex(1).fit(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="expected 4"):
+        index.refresh(torch.randn(5, 2))
+    with pytest.raises(RuntimeError, match="fit"):
+        ClusterIndex(1).refresh(torch.randn(4, 2))
