@@ -105,3 +105,65 @@ def mlp_lipschitz_upper_bound(mlp: nn.Module) -> float:
         else:
             raise TypeError(f"no Lipschitz rule for layer {type(layer).__name__}")
     return bound
+
+
+@torch.no_grad()
+def minimal_adversarial_distance_2d(predict, x, *, max_radius: float, n_angles: int = 720,
+                                    n_radii: int = 200, bisection_steps: int = 30,
+                                    chunk: int = 16) -> torch.Tensor:
+    """``[N]`` smallest ℓ2 distance from each 2-D point to an input of another predicted class.
+
+    An exact search up to grid resolution (feasible in 2-D only): along each of
+    ``n_angles`` directions, find the first radius in a grid of ``n_radii`` where the
+    prediction changes, refine it by bisection, and take the minimum over directions.
+    ``inf`` when no change occurs within ``max_radius``. It can only over-estimate the
+    true distance by the angular resolution (relative error ``≈ 1 − cos(π/n_angles)``)
+    or where a region thinner than the radial grid is crossed.
+
+    Args:
+        predict: maps ``[M, 2]`` inputs to ``[M]`` classes.
+        x: ``[N, 2]`` points.
+    """
+    x = as_float_tensor(x, "x", ndim=2)
+    if x.shape[1] != 2:
+        raise ValueError("the exact search works in 2-D only")
+    check_positive(max_radius, "max_radius")
+    angles = torch.arange(n_angles, dtype=x.dtype, device=x.device) * (2 * torch.pi / n_angles)
+    dirs = torch.stack([angles.cos(), angles.sin()], 1)                    # [A, 2]
+    radii = torch.linspace(0, max_radius, n_radii + 1, dtype=x.dtype, device=x.device)[1:]
+    out = []
+    for first in range(0, len(x), chunk):
+        pts = x[first:first + chunk]                                          # [n, 2]
+        base = predict(pts)                                                   # [n]
+        grid = pts[:, None, None] + radii[None, None, :, None] * dirs[None, :, None]  # [n, A, R, 2]
+        changed = (predict(grid.reshape(-1, 2)).view(grid.shape[:3]) != base[:, None, None])
+        hit = changed.any(2)
+        k = changed.float().argmax(2)                                         # first change
+        hi = radii[k]
+        lo = torch.where(k > 0, radii[(k - 1).clamp_min(0)], torch.zeros_like(hi))
+        for _ in range(bisection_steps):
+            mid = (lo + hi) / 2
+            moved = pts[:, None] + mid[..., None] * dirs[None]
+            flip = predict(moved.reshape(-1, 2)).view(mid.shape) != base[:, None]
+            hi, lo = torch.where(flip, mid, hi), torch.where(flip, lo, mid)
+        hi = torch.where(hit, hi, torch.full_like(hi, float("inf")))
+        out.append(hi.min(1).values)
+    return torch.cat(out)
+
+
+def max_jacobian_norm(f, points, chunk: int = 4096) -> float:
+    """Largest spectral norm of the Jacobian of ``f`` over ``points``.
+
+    For a ReLU network the Jacobian is constant on each linear region, so evaluating
+    it on a fine grid over a region enumerates the regions of that grid: the result is
+    the Lipschitz constant of ``f`` restricted to that region (up to regions thinner
+    than the grid), a tight estimate, not a global upper bound.
+    """
+    points = as_float_tensor(points, "points", ndim=2)
+    jac = torch.func.vmap(torch.func.jacrev(f))
+    best = 0.0
+    for first in range(0, len(points), chunk):
+        with torch.no_grad():
+            j = jac(points[first:first + chunk])
+        best = max(best, float(torch.linalg.matrix_norm(j.double(), ord=2).max()))
+    return best

@@ -1,0 +1,126 @@
+"""The papermill batch and the Jupyter Book build behind ``python -m clustr_lib``.
+
+``notebooks/*.ipynb`` (outputs stripped, one ``parameters`` cell each) plus one
+profile's parameters from ``notebooks/profiles.yml`` → papermill → executed copies in
+``book/chapters/`` → ``jupyter-book build`` → ``_build/html``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+PROFILES = NOTEBOOKS / "profiles.yml"
+EXECUTED = ROOT / "book" / "chapters"
+DEFAULT_PROFILE = "smoke"
+# parameters the runner itself passes to every notebook
+RUNNER_PARAMETERS = ("profile", "output_dir")
+
+
+class PlanError(ValueError):
+    """A run request that cannot be carried out; raised before anything runs."""
+
+
+def load_profiles(path: Path = PROFILES) -> dict:
+    """``{profile: {chapter: {parameter: value}}}`` from the profiles file."""
+    with open(path) as handle:
+        profiles = yaml.safe_load(handle) or {}
+    if not isinstance(profiles, dict):
+        raise PlanError(f"{path} must map profile names to chapters")
+    return profiles
+
+
+def chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
+    """Names of the source notebooks, in book order."""
+    return sorted(p.stem for p in notebooks.glob("*.ipynb"))
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names defined in a notebook's ``parameters`` cell (via papermill)."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def plan(profile: str, only=None, notebooks: Path = NOTEBOOKS,
+         profiles_path: Path = PROFILES, output_dir: Path = EXECUTED) -> list[tuple[str, dict]]:
+    """Check a request and return ``[(chapter, parameters)]``; raise :class:`PlanError`.
+
+    Refuses an unknown profile, an unknown chapter, and parameters a notebook does
+    not declare, before any notebook runs.
+    """
+    profiles = load_profiles(profiles_path)
+    if profile not in profiles:
+        raise PlanError(f"unknown profile {profile!r}; profiles: {', '.join(sorted(profiles))}")
+    known = chapters(notebooks)
+    selected = list(only) if only else known
+    missing = [c for c in selected if c not in known]
+    if missing:
+        raise PlanError(f"unknown chapter(s) {', '.join(missing)}; chapters: {', '.join(known)}")
+    settings = profiles[profile] or {}
+    stray = sorted(set(settings) - set(known))
+    if stray:
+        raise PlanError(f"profile {profile!r} names chapter(s) with no notebook: {', '.join(stray)}")
+    steps = []
+    for chapter in selected:
+        params = dict(settings.get(chapter) or {})
+        params.update(profile=profile, output_dir=str(output_dir))
+        undeclared = sorted(set(params) - declared_parameters(notebooks / f"{chapter}.ipynb"))
+        if undeclared:
+            raise PlanError(f"{chapter}.ipynb does not declare parameter(s) "
+                            f"{', '.join(undeclared)} in its 'parameters' cell")
+        steps.append((chapter, params))
+    return steps
+
+
+def run(profile: str = DEFAULT_PROFILE, only=None, notebooks: Path = NOTEBOOKS,
+        profiles_path: Path = PROFILES, output_dir: Path = EXECUTED, out=sys.stdout) -> list:
+    """Execute the planned notebooks with papermill; one line per notebook with its wall time.
+
+    Returns ``[(chapter, seconds)]``. On a failing cell, raises ``RuntimeError`` naming
+    the notebook and the cell.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    steps = plan(profile, only, notebooks, profiles_path, output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    timings = []
+    for chapter, params in steps:
+        target = output_dir / f"{chapter}.ipynb"
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebooks / f"{chapter}.ipynb"), str(target), parameters=params,
+                kernel_name="python3", progress_bar=sys.stderr.isatty(), cwd=str(output_dir),
+                log_output=False)
+        except PapermillExecutionError as err:
+            first_line = (err.source or "").strip().splitlines()[:1]
+            raise RuntimeError(
+                f"{chapter}.ipynb failed in cell {err.exec_count} "
+                f"({first_line[0] if first_line else 'no source'!s}): {err.ename}: {err.evalue}\n"
+                f"the partly executed notebook is {target}") from None
+        seconds = time.perf_counter() - start
+        timings.append((chapter, seconds))
+        print(f"{chapter:<32} {profile:<8} {seconds:7.1f} s", file=out, flush=True)
+    return timings
+
+
+def build(root: Path = ROOT, strict: bool = True) -> int:
+    """``jupyter-book build --all`` of the book at ``root`` (a full rebuild, so no warning
+    hides in an incremental one); warnings are errors when ``strict``."""
+    missing = [c for c in chapters() if not (EXECUTED / f"{c}.ipynb").exists()]
+    if missing:
+        raise PlanError(f"no executed copy of {', '.join(missing)}; "
+                        f"run `python -m clustr_lib run` first")
+    script = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(script) if script.exists() else "jupyter-book", "build", "--all", str(root)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    return subprocess.call(cmd)

@@ -1,0 +1,56 @@
+"""The book's figures, drawn on axes the caller owns."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import PatchCollection
+from matplotlib.patches import Circle
+
+CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def decision_regions(ax, predict, extent, n: int = 300, alpha: float = 0.25):
+    """Shade the input plane by predicted class (Fig. 2's Voronoi cells, pulled back)."""
+    x0, x1, y0, y1 = extent
+    xs, ys = torch.linspace(x0, x1, n), torch.linspace(y0, y1, n)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    classes = predict(grid).reshape(n, n).numpy()
+    cmap = plt.matplotlib.colors.ListedColormap(CLASS_COLOURS[: int(classes.max()) + 1])
+    ax.imshow(classes, origin="lower", extent=extent, cmap=cmap, alpha=alpha, aspect="auto",
+              interpolation="nearest")
+    ax.contour(xs.numpy(), ys.numpy(), classes, levels=np.arange(classes.max()) + 0.5,
+               colors="k", linewidths=1.0)
+
+
+def scatter_classes(ax, x, y, size: float = 8):
+    for c in np.unique(np.asarray(y)):
+        pts = np.asarray(x)[np.asarray(y) == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=size, color=CLASS_COLOURS[c], label=f"class {c}",
+                   edgecolors="none")
+
+
+def certified_circles(ax, x, radii, colour="k"):
+    """Draw each point's certified ℓ2 ball."""
+    circles = [Circle(tuple(p), float(r)) for p, r in zip(np.asarray(x), np.asarray(radii))]
+    ax.add_collection(PatchCollection(circles, facecolor="none", edgecolor=colour, linewidth=0.7))
+
+
+def exact_vs_certified(ax, exact, certified, label: str):
+    """Scatter of exact minimal distance against certified radius, with the diagonal."""
+    exact, certified = np.asarray(exact), np.asarray(certified)
+    ax.scatter(certified, exact, s=10, label=label, alpha=0.7)
+    top = float(np.nanmax(np.concatenate([exact[np.isfinite(exact)], certified])))
+    ax.plot([0, top], [0, top], "k--", linewidth=1, label="exact = certified")
+    ax.set_xlabel("certified radius (Theorem 1)")
+    ax.set_ylabel("exact minimal ℓ2 distance")
+
+
+def curves_with_spread(ax, thresholds, curves, label: str, colour=None):
+    """Mean curve over seeds with the min–max band (``curves`` is ``[seeds, radii]``)."""
+    curves = np.asarray(curves)
+    line, = ax.plot(thresholds, curves.mean(0), label=f"{label} (mean of {len(curves)})", color=colour)
+    ax.fill_between(thresholds, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("radius r")
+    ax.set_ylim(0, 1.02)
