@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine with python3 and make:
 #   make book   — install, run every notebook with papermill (PROFILE=smoke), build the book
-#   make test   — install, run the test suite
+#   make test   — install, run the test suite (it also runs the smoke book and opens it in
+#                 headless Chromium, installed from Debian's packages when run as root)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= smoke
 
-.PHONY: install book run build test clean
+.PHONY: install browser book run build test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +16,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not found, the browser test will be skipped"; fi; }
+
 run: install
 	$(PY) -m clustr_lib run --profile $(PROFILE)
 
@@ -23,7 +30,7 @@ build: install
 
 book: run build
 
-test: install
+test: install browser
 	$(PY) -m pytest
 
 clean:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+
+def progress_enabled() -> bool:
+    """Progress bars on, unless ``CLUSTR_PROGRESS=0`` (the batch runner sets it off the
+    terminal, so executed notebooks keep no bar residue)."""
+    return os.environ.get("CLUSTR_PROGRESS", "1") != "0"
 
 
 def as_float_tensor(value, name: str, ndim: int) -> torch.Tensor:

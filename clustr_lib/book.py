@@ -7,6 +7,8 @@ profile's parameters from ``notebooks/profiles.yml`` → papermill → executed 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -80,36 +82,58 @@ def plan(profile: str, only=None, notebooks: Path = NOTEBOOKS,
 
 
 def run(profile: str = DEFAULT_PROFILE, only=None, notebooks: Path = NOTEBOOKS,
-        profiles_path: Path = PROFILES, output_dir: Path = EXECUTED, out=sys.stdout) -> list:
+        profiles_path: Path = PROFILES, output_dir: Path = EXECUTED, out=None) -> list:
     """Execute the planned notebooks with papermill; one line per notebook with its wall time.
 
     Returns ``[(chapter, seconds)]``. On a failing cell, raises ``RuntimeError`` naming
     the notebook and the cell.
     """
+    steps = plan(profile, only, notebooks, profiles_path, output_dir)
+    out = sys.stdout if out is None else out
+    output_dir.mkdir(parents=True, exist_ok=True)
+    interactive = sys.stderr.isatty()
+    timings = []
+    # off a terminal the kernels inherit CLUSTR_PROGRESS=0: no progress-bar residue in the book
+    with _environment(CLUSTR_PROGRESS="1" if interactive else "0"):
+        for chapter, params in steps:
+            timings.append(_execute(chapter, params, profile, notebooks, output_dir, interactive, out))
+    return timings
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _execute(chapter, params, profile, notebooks, output_dir, interactive, out):
+    """Run one notebook; return ``(chapter, seconds)`` or raise naming the failing cell."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    steps = plan(profile, only, notebooks, profiles_path, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    timings = []
-    for chapter, params in steps:
-        target = output_dir / f"{chapter}.ipynb"
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(notebooks / f"{chapter}.ipynb"), str(target), parameters=params,
-                kernel_name="python3", progress_bar=sys.stderr.isatty(), cwd=str(output_dir),
-                log_output=False)
-        except PapermillExecutionError as err:
-            first_line = (err.source or "").strip().splitlines()[:1]
-            raise RuntimeError(
-                f"{chapter}.ipynb failed in cell {err.exec_count} "
-                f"({first_line[0] if first_line else 'no source'!s}): {err.ename}: {err.evalue}\n"
-                f"the partly executed notebook is {target}") from None
-        seconds = time.perf_counter() - start
-        timings.append((chapter, seconds))
-        print(f"{chapter:<32} {profile:<8} {seconds:7.1f} s", file=out, flush=True)
-    return timings
+    target = output_dir / f"{chapter}.ipynb"
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebooks / f"{chapter}.ipynb"), str(target), parameters=params,
+            kernel_name="python3", progress_bar=interactive, cwd=str(output_dir), log_output=False)
+    except PapermillExecutionError as err:
+        first_line = (err.source or "").strip().splitlines()[:1]
+        raise RuntimeError(
+            f"{chapter}.ipynb failed in the cell starting `{first_line[0] if first_line else ''}` "
+            f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
+            f"the partly executed notebook is {target}") from None
+    seconds = time.perf_counter() - start
+    print(f"{chapter:<32} {profile:<8} {seconds:7.1f} s", file=out, flush=True)
+    return chapter, seconds
 
 
 def build(root: Path = ROOT, strict: bool = True) -> int:

@@ -37,11 +37,15 @@ def certified_circles(ax, x, radii, colour="k"):
     ax.add_collection(PatchCollection(circles, facecolor="none", edgecolor=colour, linewidth=0.7))
 
 
-def exact_vs_certified(ax, exact, certified, label: str):
-    """Scatter of exact minimal distance against certified radius, with the diagonal."""
-    exact, certified = np.asarray(exact), np.asarray(certified)
-    ax.scatter(certified, exact, s=10, label=label, alpha=0.7)
-    top = float(np.nanmax(np.concatenate([exact[np.isfinite(exact)], certified])))
+def exact_vs_certified(ax, exact, certified: dict):
+    """Exact minimal distance against certified radius (one series per ``label: radii``),
+    with the diagonal below which a certificate would be unsound."""
+    exact = np.asarray(exact)
+    top = float(exact[np.isfinite(exact)].max())
+    for label, radii in certified.items():
+        radii = np.asarray(radii)
+        ax.scatter(radii, exact, s=10, label=label, alpha=0.7)
+        top = max(top, float(radii.max()))
     ax.plot([0, top], [0, top], "k--", linewidth=1, label="exact = certified")
     ax.set_xlabel("certified radius (Theorem 1)")
     ax.set_ylabel("exact minimal ℓ2 distance")
@@ -54,3 +58,31 @@ def curves_with_spread(ax, thresholds, curves, label: str, colour=None):
     ax.fill_between(thresholds, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("radius r")
     ax.set_ylim(0, 1.02)
+
+
+def bisector_example(ax, point, centroids, classes, radii: dict, extent=(-1, 4, -1.5, 3)):
+    """Feature-space picture of the multi-cluster reduction (App. A.1) with ``L = 1``.
+
+    Draws the centroids, the point, the bisector between the point's nearest centroid
+    and every centroid of another class, and one circle per entry of ``radii``.
+    """
+    point, centroids, classes = (np.asarray(a) for a in (point, centroids, classes))
+    nearest = int(((centroids - point) ** 2).sum(1).argmin())
+    xs = np.linspace(extent[0], extent[1], 200)
+    for j in np.nonzero(classes != classes[nearest])[0]:
+        normal = centroids[j] - centroids[nearest]
+        offset = (centroids[j] @ centroids[j] - centroids[nearest] @ centroids[nearest]) / 2
+        if abs(normal[1]) > 1e-9:
+            ax.plot(xs, (offset - normal[0] * xs) / normal[1], color="grey", linewidth=1)
+        else:
+            ax.axvline(offset / normal[0], color="grey", linewidth=1)
+    for c, mu in zip(classes, centroids):
+        ax.scatter(*mu, s=80, marker="*", color=CLASS_COLOURS[c], zorder=3)
+    ax.scatter(*point, s=30, color="k", zorder=3, label="f(x)")
+    for (label, r), style in zip(radii.items(), ("-", "--", ":")):
+        ax.add_patch(Circle(tuple(point), r, fill=False, linestyle=style, linewidth=1.5,
+                            label=f"{label}: r = {r:.3f}"))
+    ax.set_xlim(extent[:2])
+    ax.set_ylim(extent[2:])
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import as_label_tensor, check_positive
+from ._checks import as_label_tensor, check_positive, progress_enabled
 from .classify import ClusterClassifier, ClusterModel
 from .magnet import ClusterIndex, NeighbourhoodSampler, magnet_loss
 
@@ -46,10 +46,12 @@ def _check_data(x, y):
 
 def train_cross_entropy(model: nn.Module, x: torch.Tensor, y, *, epochs: int, lr: float,
                         batch_size: int, milestones=(), seed: int = 0, augment=None,
-                        progress: bool = True) -> History:
+                        progress: bool | None = None) -> History:
     """Nominal training, the ClusTR warm start (App. D: Adam, lr ×0.1 at ``milestones``).
 
     ``augment`` (optional) maps a batch of inputs to augmented inputs on the device.
+    ``progress``: a tqdm bar with loss and accuracy (default: on unless
+    ``CLUSTR_PROGRESS=0``).
     """
     y = _check_data(x, y)
     check_positive(lr, "lr")
@@ -61,6 +63,7 @@ def train_cross_entropy(model: nn.Module, x: torch.Tensor, y, *, epochs: int, lr
     history = History()
     start = time.perf_counter()
     model.train()
+    progress = progress_enabled() if progress is None else progress
     bar = tqdm(range(int(epochs)), desc="cross-entropy", disable=not progress, leave=False)
     for _ in bar:
         order = torch.randperm(len(x), generator=generator).to(x.device)
@@ -86,7 +89,7 @@ def train_cross_entropy(model: nn.Module, x: torch.Tensor, y, *, epochs: int, lr
 def train_magnet(embedder: nn.Module, x: torch.Tensor, y, *, epochs: int, lr: float,
                  alpha: float, clusters_per_class: int = 2, clusters_per_batch: int = 12,
                  samples_per_cluster: int = 20, seed: int = 0, augment=None,
-                 progress: bool = True):
+                 progress: bool | None = None):
     """Magnet-loss training (Eq. 3) with neighbourhood sampling (App. D).
 
     Clusters come from per-class k-means++ on the embeddings of the whole training
@@ -101,6 +104,7 @@ def train_magnet(embedder: nn.Module, x: torch.Tensor, y, *, epochs: int, lr: fl
     history = History()
     start = time.perf_counter()
     embedder.train()
+    progress = progress_enabled() if progress is None else progress
     bar = tqdm(range(int(epochs)), desc="magnet", disable=not progress, leave=False)
     for _ in bar:
         total = 0.0

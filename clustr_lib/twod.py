@@ -107,7 +107,7 @@ METHODS_2D = {False: "Magnet (random init)", True: "ClusTR (warm start)"}
 
 
 def warm_start_study(train, test, *, seeds: int, thresholds, n_exact: int, exact_radius: float,
-                     n_angles: int = 360, n_radii: int = 100, progress: bool = True,
+                     n_angles: int = 360, n_radii: int = 100, progress: bool | None = None,
                      **train_kwargs):
     """Sec. 4.1's comparison over ``seeds`` seeds: Magnet from random init vs ClusTR.
 
@@ -119,6 +119,9 @@ def warm_start_study(train, test, *, seeds: int, thresholds, n_exact: int, exact
     """
     from tqdm.auto import tqdm
 
+    from ._checks import progress_enabled
+
+    progress = progress_enabled() if progress is None else progress
     (x_train, y_train), (x_test, y_test) = train, test
     rows, curves = [], {m: {"certified": [], "exact": []} for m in METHODS_2D.values()}
     runs = [(seed, warm) for seed in range(seeds) for warm in (False, True)]

@@ -1,0 +1,136 @@
+"""The papermill runner: requests refused up front, failures named, the real book built
+and opened in a headless browser."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from clustr_lib import book
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_notebook(path, parameters, body):
+    nb = new_notebook()
+    params = new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [new_code_cell(src) for src in body]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def tiny_book(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "01_ok.ipynb", 'profile = "full"\noutput_dir = "."\nn = 1',
+                   ["assert n == 2, n"])
+    write_notebook(notebooks / "02_fails.ipynb", 'profile = "full"\noutput_dir = "."',
+                   ["x = 1", "1 / 0"])
+    profiles = tmp_path / "profiles.yml"
+    profiles.write_text("smoke:\n  01_ok:\n    n: 2\n  02_fails: {}\n"
+                        "typo:\n  01_ok:\n    m: 3\n")
+    return notebooks, profiles, tmp_path / "out"
+
+
+def test_unknown_profile_chapter_and_parameter_are_refused_before_running(tiny_book):
+    notebooks, profiles, out = tiny_book
+    with pytest.raises(book.PlanError, match="unknown profile 'nope'.*smoke"):
+        book.plan("nope", None, notebooks, profiles, out)
+    with pytest.raises(book.PlanError, match="unknown chapter.*03_missing"):
+        book.plan("smoke", ["03_missing"], notebooks, profiles, out)
+    with pytest.raises(book.PlanError, match="01_ok.ipynb does not declare parameter.*m"):
+        book.run("typo", None, notebooks, profiles, out)
+    assert not out.exists()  # nothing ran
+    steps = book.plan("smoke", ["01_ok"], notebooks, profiles, out)
+    assert steps == [("01_ok", {"n": 2, "profile": "smoke", "output_dir": str(out)})]
+
+
+def test_runner_executes_and_names_the_failing_notebook_and_cell(tiny_book, capsys):
+    notebooks, profiles, out = tiny_book
+    timings = book.run("smoke", ["01_ok"], notebooks, profiles, out)
+    assert [name for name, _ in timings] == ["01_ok"]
+    assert "01_ok" in capsys.readouterr().out
+    executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    with pytest.raises(RuntimeError, match=r"02_fails.ipynb failed in the cell starting `1 / 0`.*ZeroDivisionError"):
+        book.run("smoke", ["02_fails"], notebooks, profiles, out)
+
+
+def test_cli_reports_plan_errors_without_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "clustr_lib", "run", "--profile", "nope"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "unknown profile 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_profile_matches_the_notebooks():
+    for profile in book.load_profiles():
+        assert book.plan(profile)  # raises on any mismatch
+
+
+def test_source_notebooks_are_stripped_and_parameterised():
+    for name in book.chapters():
+        nb = nbformat.read(book.NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert not any(c.outputs for c in code), f"{name} has outputs"
+        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+        assert {"profile", "output_dir"} <= book.declared_parameters(book.NOTEBOOKS / f"{name}.ipynb")
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """Run the smoke profile and build the book, as the README's command does."""
+    env = {**os.environ, "CLUSTR_PROGRESS": "0"}
+    for command in (["run", "--profile", "smoke"], ["build"]):
+        proc = subprocess.run([sys.executable, "-m", "clustr_lib", *command], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return ROOT / "_build" / "html"
+
+
+def test_smoke_run_writes_results_with_provenance(built_book):
+    import json
+    for name in book.chapters():
+        result = json.loads((book.EXECUTED / f"{name}.json").read_text())
+        assert result["profile"] == "smoke"
+        assert {"git_commit", "device", "versions", "wall_seconds"} <= set(result["provenance"])
+
+
+def browser():
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (make test installs it as root)")
+        pytest.skip("chromium is not installed")
+    return path
+
+
+def test_pages_render_in_a_headless_browser(built_book):
+    from playwright.sync_api import sync_playwright
+
+    pages = [f"book/chapters/{c}.html" for c in book.chapters()] + ["book/summary.html"]
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(executable_path=browser(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = chrome.new_page()
+        for rel in pages:
+            page.goto((built_book / rel).as_uri())
+            page.wait_for_load_state("load")
+            images = page.evaluate(
+                "() => Array.from(document.querySelectorAll('main img'))"
+                ".map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0}))")
+            if "chapters" in rel:
+                assert len(images) >= 1, f"{rel}: figures missing"
+            assert all(i["ok"] for i in images), f"{rel}: broken image {images}"
+            text = page.inner_text("main")
+            assert "Traceback" not in text and "Error" not in text, rel
+            assert page.locator("main .output.error, main .output.traceback").count() == 0, rel
+            assert page.locator("main .output.stderr").count() == 0, f"{rel}: stderr output"
+        chrome.close()
