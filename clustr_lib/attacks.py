@@ -158,15 +158,24 @@ def _check_attack_inputs(x, y, eps, norm):
 def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: int,
         restarts: int = 1, norm: str = "linf", objective: str = "ce", alpha: float | None = None,
         random_start: bool = True, seed: int | None = 0, restarts_per_pass: int | None = None,
-        trace: bool = False) -> AttackResult:
+        report_steps=None, prune: bool = True, trace: bool = False) -> AttackResult:
     """Projected gradient ascent (Madry et al.; the paper's PGD₂₀/PGD₁₀₀, Sec. 4.2).
 
     ``x_{k+1} = Π(x_k + η · sign ∇ℓ)`` under ℓ∞ (``η · ∇ℓ/‖∇ℓ‖`` under ℓ2), with Π the
-    projection onto the ε-ball ∩ ``[0, 1]``. Each restart starts from a uniform
-    point of the ball (``random_start``). Restarts run side by side in the batch
-    dimension, ``restarts_per_pass`` of them at a time (all by default). A point
-    counts as broken if **any** restart's final iterate is misclassified (the
-    per-point worst case), not only the restart with the largest loss.
+    projection onto the ε-ball ∩ ``[0, 1]``. Each restart starts from a uniform point of
+    the ball (``random_start``). A point counts as broken if **any** restart's iterate at
+    ``steps`` is misclassified (the per-point worst case), not only the restart with the
+    largest loss; a point misclassified before the attack is not robust.
+
+    Restarts run side by side in the batch dimension, ``restarts_per_pass`` at a time
+    (all by default). With ``prune``, a later pass attacks only the points that are
+    still robust: the result is the same rule, at a fraction of the cost for weak models.
+
+    ``report_steps`` (default ``(steps,)``) lists iterations at which robustness is also
+    read off the *same* runs: PGD-20 is the first 20 iterations of PGD-100 with the same
+    starts, so ``steps=100, report_steps=(20, 100)`` gives both. A point is pruned only
+    once it is broken at every reported iteration. ``extra["robust_at"]`` maps each
+    reported iteration to the ``[N]`` robust mask.
 
     Args:
         model: logits model or :class:`~clustr_lib.classify.ClusterModel`; run in
@@ -175,7 +184,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
         eps: radius, a scalar or ``[N]``; step_size: η; steps: iterations.
         objective: see :func:`attack_objective`; alpha: for ``"magnet"``.
         seed: seed of the random starts (``None``: the global generator).
-        trace: record the loss and correctness of every iterate.
+        trace: record the loss and correctness of every iterate, ``[steps + 1, R, N]``
+            (attacks every point in every restart: no pruning).
     """
     y, eps = _check_attack_inputs(x, y, eps, norm)
     check_choice(objective, "objective", OBJECTIVES)
@@ -183,49 +193,77 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
     if int(steps) < 0 or int(restarts) < 1:
         raise ValueError("steps must be >= 0 and restarts >= 1")
     steps, restarts = int(steps), int(restarts)
+    report_steps = sorted(set(report_steps or ())) or [steps]
+    if report_steps[-1] != steps or report_steps[0] < 0:
+        raise ValueError(f"report_steps must lie in [0, steps] and include steps={steps}")
     per_pass = restarts if restarts_per_pass is None else max(1, min(int(restarts_per_pass), restarts))
+    prune = prune and not trace
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device)
         generator.manual_seed(int(seed))
 
+    n = x.shape[0]
+    broken_at = {t: torch.zeros(n, dtype=torch.bool, device=x.device) for t in report_steps}
+    broken_by_restart = torch.zeros(restarts, n, dtype=torch.bool, device=x.device)
+    x_best = x.clone()
+    losses, corrects = [], []
     with evaluating(model):
         clean_correct = predict(model, x) == y
-        finals, losses, corrects = [], [], []
         for first in range(0, restarts, per_pass):
             count = min(per_pass, restarts - first)
-            x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
-            x_adv = _random_start(x_rep, eps_rep, norm, generator) if random_start else x_rep.clone()
-            x_adv = project(x_adv, x_rep, eps_rep, norm)
-            loss_log, correct_log = [], []
-            for step in range(steps + 1):
-                x_adv.requires_grad_(True)
-                with torch.enable_grad():
-                    loss = attack_objective(model, x_adv, y_rep, objective, alpha)
-                    grad = None if step == steps else torch.autograd.grad(loss.sum(), x_adv)[0]
-                if trace:
-                    with torch.no_grad():
-                        loss_log.append(loss.detach())
-                        correct_log.append(model(x_adv).argmax(1) == y_rep)
-                x_adv = x_adv.detach()
-                if grad is not None:
-                    x_adv = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
-            finals.append(x_adv.view((count,) + tuple(x.shape)))
+            done = torch.stack(list(broken_at.values())).all(0) | ~clean_correct
+            idx = torch.nonzero(~done).squeeze(1) if prune else torch.arange(n, device=x.device)
+            if len(idx) == 0:
+                break
+            run = _pgd_pass(model, x[idx], y[idx], eps[idx], count, step_size, steps, norm,
+                            objective, alpha, random_start, generator, report_steps, trace)
+            for t, broken in run["broken"].items():          # [count, len(idx)]
+                broken_at[t][idx] |= broken.any(0)
+            final = run["broken"][steps]
+            broken_by_restart[first:first + count, idx] = final
+            hit = final.any(0) & ~broken_by_restart[:first, idx].any(0)
+            first_hit = final.float().argmax(0)
+            x_best[idx[hit]] = run["final"][first_hit[hit], torch.nonzero(hit).squeeze(1)]
             if trace:
-                losses.append(torch.stack(loss_log).view(steps + 1, count, -1))
-                corrects.append(torch.stack(correct_log).view(steps + 1, count, -1))
-        finals = torch.cat(finals)
-        final_pred = predict(model, finals.flatten(0, 1)).view(restarts, -1)
-
-    broken = final_pred != y[None, :]
-    robust = clean_correct & ~broken.any(0)
-    first_break = broken.float().argmax(0)  # the first breaking restart, 0 if none
-    choice = torch.where(broken.any(0), first_break, torch.full_like(first_break, restarts - 1))
-    x_best = finals[choice, torch.arange(x.shape[0], device=x.device)]
+                losses.append(run["loss"])
+                corrects.append(run["correct"])
+    robust_at = {t: clean_correct & ~broken_at[t] for t in report_steps}
     return AttackResult(
-        x_adv=x_best, clean_correct=clean_correct, robust=robust, broken_by_restart=broken,
+        x_adv=x_best, clean_correct=clean_correct, robust=robust_at[steps],
+        broken_by_restart=broken_by_restart,
         loss_trace=torch.cat(losses, 1) if trace else None,
-        correct_trace=torch.cat(corrects, 1) if trace else None)
+        correct_trace=torch.cat(corrects, 1) if trace else None,
+        extra={"robust_at": robust_at})
+
+
+def _pgd_pass(model, x, y, eps, count, step_size, steps, norm, objective, alpha, random_start,
+              generator, report_steps, trace):
+    """``count`` restarts side by side on ``x``; misclassification at each reported step."""
+    x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
+    x_adv = _random_start(x_rep, eps_rep, norm, generator) if random_start else x_rep.clone()
+    x_adv = project(x_adv, x_rep, eps_rep, norm)
+    broken, loss_log, correct_log = {}, [], []
+    for step in range(steps + 1):
+        if step in report_steps:
+            broken[step] = (predict(model, x_adv) != y_rep).view(count, -1)
+        if step == steps and not trace:
+            break
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = attack_objective(model, x_adv, y_rep, objective, alpha)
+            grad = None if step == steps else torch.autograd.grad(loss.sum(), x_adv)[0]
+        if trace:
+            loss_log.append(loss.detach().view(count, -1))
+            correct_log.append(~broken[step] if step in broken else
+                               (predict(model, x_adv.detach()) == y_rep).view(count, -1))
+        x_adv = x_adv.detach()
+        if grad is not None:
+            x_adv = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
+    run = {"broken": broken, "final": x_adv.view((count,) + tuple(x.shape))}
+    if trace:
+        run["loss"], run["correct"] = torch.stack(loss_log), torch.stack(correct_log)
+    return run
 
 
 def soft_cross_entropy(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -234,7 +272,8 @@ def soft_cross_entropy(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def qtrades_adversary(model: nn.Module, x: torch.Tensor, *, eps: float, step_size: float,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None,
+                      target: torch.Tensor | None = None) -> torch.Tensor:
     """The QTRADES adversary of Sec. 4.2 / App. D (one signed step).
 
     ``x' = x + U(−ε, ε)``, then ``x_adv = Π(x' + η · sign ∇_{x'} CE(p(x'), p(x)))``
@@ -243,12 +282,15 @@ def qtrades_adversary(model: nn.Module, x: torch.Tensor, *, eps: float, step_siz
     model's mode is left as the caller set it (training mode during training).
     ``p`` is ``softmax(model(x))``: Eq. (4) for a ClusterModel, the softmax of the
     logits for a cross-entropy network. The public code uses ``η = 10/255`` at
-    ``ε = 8/255``.
+    ``ε = 8/255``. ``target`` (optional) passes ``p(x)`` when the caller has it already
+    (the training forward), saving a forward pass.
     """
     eps = check_positive(eps, "eps", allow_zero=True)
     step_size = check_positive(step_size, "step_size")
-    with torch.no_grad():
-        target = model(x).softmax(1)
+    if target is None:
+        with torch.no_grad():
+            target = model(x).softmax(1)
+    target = target.detach()
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     x_start = (x + (2.0 * noise - 1.0) * eps).requires_grad_(True)
     with torch.enable_grad():

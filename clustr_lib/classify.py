@@ -37,8 +37,9 @@ class ClusterClassifier(nn.Module):
         self.num_classes = int(classes.max()) + 1 if num_classes is None else int(num_classes)
         if int(classes.max()) >= self.num_classes:
             raise ValueError("centroid_classes exceed num_classes")
-        self.variance = check_positive(variance, "variance")
         self.num_nearest = num_nearest
+        self.register_buffer("variance", torch.tensor(check_positive(float(variance), "variance"),
+                                                      dtype=centroids.dtype))
         self.register_buffer("centroids", centroids.detach().clone())
         self.register_buffer("centroid_classes", classes.to(centroids.device))
 

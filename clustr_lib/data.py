@@ -1,7 +1,11 @@
-"""Datasets. The 2-D synthetic sets of Sec. 4.1 (Fig. 3) live here; image datasets join
-them in the image chapters."""
+"""Datasets: the 2-D synthetic sets of Sec. 4.1 (Fig. 3); CIFAR-10/100 and SVHN through
+``torchvision.datasets`` and the CPU-scale stand-in ``digits32``, all held as uint8 tensors on
+the device with batched augmentation (Sec. 4.2, App. D)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,3 +47,156 @@ def train_test_2d(name: str, n_train: int, n_test: int, noise: float = 0.1, seed
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     x, y = x[order], y[order]
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+# ----------------------------------------------------------------------------------------
+# Image datasets (Sec. 4.2, App. D), held as uint8 tensors on the training device.
+
+IMAGE_DATASETS = ("cifar10", "cifar100", "svhn", "digits32")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits32": 10}
+# App. D: random 32x32 crops with padding 4 on CIFAR; no augmentation on SVHN. The paper
+# mentions no flips, so none are used. digits32 (our CPU stand-in) is not augmented:
+# shifted digits are other digits' strokes at this size.
+AUGMENT = {"cifar10": True, "cifar100": True, "svhn": False, "digits32": False}
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset is not on disk and could not be downloaded."""
+
+
+class ImageData:
+    """Train and test images as ``uint8 [N, 3, 32, 32]`` tensors on ``device``.
+
+    ``train_batch(indices)`` returns float images in ``[0, 1]``, randomly cropped (padding 4,
+    per sample, batched on the device) when the dataset is augmented; ``test_images()``
+    returns the test set as floats. Normalisation happens inside the models.
+    """
+
+    def __init__(self, name, x_train, y_train, x_test, y_test, device="cpu", augment=None,
+                 seed: int = 0):
+        for x in (x_train, x_test):
+            if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1:] != (3, 32, 32):
+                raise ValueError(f"images must be uint8 [N, 3, 32, 32], got {x.dtype} {tuple(x.shape)}")
+        self.name = name
+        self.device = torch.device(device)
+        self.x_train, self.x_test = x_train.to(self.device), x_test.to(self.device)
+        self.y_train = torch.as_tensor(y_train, dtype=torch.long).to(self.device)
+        self.y_test = torch.as_tensor(y_test, dtype=torch.long).to(self.device)
+        self.num_classes = int(max(self.y_train.max(), self.y_test.max())) + 1
+        self.augment = AUGMENT.get(name, False) if augment is None else bool(augment)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def __repr__(self):
+        return (f"ImageData({self.name}: {len(self.x_train)} train, {len(self.x_test)} test, "
+                f"{self.num_classes} classes, augment={self.augment}, device={self.device})")
+
+    def channel_stats(self):
+        """Per-channel mean and std of the training images in ``[0, 1]`` (App. D normalisation)."""
+        x = self.x_train.float().div_(255)
+        return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+    def train_batch(self, indices, generator=None) -> torch.Tensor:
+        """Float training images at ``indices`` (augmented with ``generator`` if given)."""
+        x = self.x_train[indices]
+        if self.augment:
+            x = random_crop(x, padding=4, generator=generator or self.generator)
+        return x.float().div_(255)
+
+    def train_images(self) -> torch.Tensor:
+        """The whole training set as floats, un-augmented (for embedding passes)."""
+        return self.x_train.float().div_(255)
+
+    def test_images(self) -> torch.Tensor:
+        return self.x_test.float().div_(255)
+
+
+def random_crop(x: torch.Tensor, padding: int = 4, generator=None) -> torch.Tensor:
+    """Random ``H × W`` crops of the zero-padded batch, one offset per sample, no loop."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]      # [n, h, 1]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]      # [n, 1, w]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _torchvision_split(name: str, root: Path, train: bool):
+    import torchvision.datasets as tvd
+
+    if name == "svhn":
+        ds = tvd.SVHN(str(root), split="train" if train else "test", download=True)
+        return torch.from_numpy(ds.data), torch.as_tensor(ds.labels) % 10
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    ds = cls(str(root), train=train, download=True)
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
+
+
+def _digits32(train: bool):
+    """scikit-learn's 1,797 8×8 digits, upsampled to 32×32×3 (fixed stratified split)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    idx_train, idx_test = train_test_split(np.arange(len(x)), test_size=0.25, random_state=0,
+                                           stratify=digits.target)
+    idx = idx_train if train else idx_test
+    return x[idx], torch.as_tensor(digits.target[idx])
+
+
+def default_data_dir() -> Path:
+    """``$CLUSTR_DATA`` or ``~/.cache/clustr/data``."""
+    return Path(os.environ.get("CLUSTR_DATA", Path.home() / ".cache" / "clustr" / "data"))
+
+
+def load_images(name: str, data_dir=None, device="cpu", train_size: int | None = None,
+                test_size: int | None = None, seed: int = 0) -> ImageData:
+    """Load an image dataset (``cifar10``, ``cifar100``, ``svhn`` or ``digits32``).
+
+    CIFAR and SVHN come through ``torchvision.datasets``, downloaded on first use into
+    ``data_dir`` (default :func:`default_data_dir`). ``train_size``/``test_size`` take
+    fixed random subsets (a seeded permutation) for small-scale runs.
+    """
+    check_choice(name, "image dataset", IMAGE_DATASETS)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    splits = []
+    for train in (True, False):
+        if name == "digits32":
+            x, y = _digits32(train)
+        else:
+            try:
+                x, y = _torchvision_split(name, root, train)
+            except (OSError, RuntimeError) as err:  # URLError is an OSError
+                raise DatasetUnavailable(
+                    f"{name} is not in {root} and could not be downloaded ({err}). Download it on "
+                    f"a machine with internet access into that folder, or point data_dir (or "
+                    f"$CLUSTR_DATA) at a copy.") from None
+        size = train_size if train else test_size
+        if size is not None and size < len(x):
+            keep = torch.from_numpy(np.random.default_rng(seed).permutation(len(x))[:size])
+            x, y = x[keep], y[keep]
+        splits += [x, y]
+    return ImageData(name, *splits, device=device, seed=seed)
+
+
+class TensorData:
+    """Float inputs already in memory (the 2-D sets), with :class:`ImageData`'s interface."""
+
+    augment = False
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        self.x_train, self.y_train = x, torch.as_tensor(y, dtype=torch.long).to(x.device)
+        self.device = x.device
+        self.num_classes = int(self.y_train.max()) + 1
+
+    def train_batch(self, indices, generator=None) -> torch.Tensor:
+        return self.x_train[indices]
+
+    def train_images(self) -> torch.Tensor:
+        return self.x_train

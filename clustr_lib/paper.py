@@ -86,3 +86,44 @@ def verdict(holds: bool, profile: str, scale_profiles=("full",)) -> str:
     if profile not in scale_profiles:
         return "not run at this scale"
     return "reproduced" if holds else "not reproduced"
+
+
+# The paper's training and evaluation protocol (App. D; DESIGN.md), one dict with a comment
+# per value. Profiles override entries for smaller runs; `settings()` merges them.
+PROTOCOL = {
+    "width": 64,                     # ResNet-18 base width: 512-d embedding
+    "batch_size": 256,               # cross-entropy batch size (warm start and baselines)
+    "ce_epochs": 90,                 # warm-start epochs (Adam)
+    "ce_lr": 1e-2,                   # warm-start learning rate
+    "ce_milestones": [30, 60],       # lr x0.1 at these epochs
+    "magnet_epochs": {"cifar10": 30, "svhn": 60, "cifar100": 60, "digits32": 30},
+    "magnet_lr": 1e-4,               # Magnet fine-tuning learning rate (Adam)
+    "clusters_per_class": 2,         # K
+    "clusters_per_batch": 12,        # M
+    "samples_per_cluster": 20,       # D of the sampler (batch 240)
+    "alpha": {"cifar10": 12.5, "svhn": 13.0, "cifar100": 8.5, "digits32": 12.5},
+    "alpha_qtrades": {"cifar10": 12.5, "svhn": 10.0, "cifar100": 8.5, "digits32": 12.5},
+    "qtrades_lambda": {"cifar10": 8.0, "svhn": 9.7, "cifar100": 2.0, "digits32": 8.0},
+    "qtrades_eps": 8 / 255,          # QTRADES noise and projection radius
+    "qtrades_step": 10 / 255,        # QTRADES step (the public code's value)
+    "free_replays": 8,               # Free AT minibatch replays m (epochs divided by m)
+    "trades_beta": 6.0,              # TRADES β
+    "trades_steps": 10,              # TRADES inner PGD steps
+    "trades_step": 2 / 255,          # TRADES inner step size
+    "num_nearest": 20,               # D of Eq. (4) in the tables
+    "eps": 8 / 255,                  # PGD radius (ℓ∞)
+    "pgd_step": 2 / 255,             # PGD step size
+    "pgd_restarts": 10,              # random restarts
+    "pgd_steps": [20, 100],          # PGD-20 and PGD-100 (read off one 100-step run)
+    "pgd_objectives": ["paper", "ce"],  # the paper's objective and -log p_y
+    "eval_size": None,               # test points attacked (None: the whole test set)
+}
+
+
+def settings(dataset: str, overrides: dict | None = None) -> dict:
+    """The protocol for ``dataset`` (per-dataset entries resolved), with ``overrides``."""
+    merged = {**PROTOCOL, **(overrides or {})}
+    unknown = set(overrides or {}) - set(PROTOCOL)
+    if unknown:
+        raise ValueError(f"unknown protocol setting(s): {', '.join(sorted(unknown))}")
+    return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in merged.items()}

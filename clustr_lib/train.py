@@ -1,19 +1,28 @@
-"""Training (Sec. 3.3, App. D): the cross-entropy warm start and Magnet fine-tuning.
+"""Training (Sec. 3.3, Sec. 4.2, App. D): the cross-entropy warm start and its adversarial
+baselines (QTRADES on the head, TRADES, Free AT), and Magnet fine-tuning (± QTRADES).
 
-Data are tensors already on the training device; batches are drawn by index, so no
-data loader and no per-sample Python work sits in the loop.
+Data stay on the training device (:class:`~clustr_lib.data.ImageData` or
+:class:`~clustr_lib.data.TensorData`); batches are drawn by index and augmented on the
+device, so no data loader and no per-sample Python work sits in the loop. Every trainer
+can checkpoint each epoch and resume an interrupted run to the same result.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import as_label_tensor, check_positive, progress_enabled
+from ._checks import check_choice, check_positive, progress_enabled
+from .attacks import project, qtrades_adversary, soft_cross_entropy
 from .classify import ClusterClassifier, ClusterModel
 from .magnet import ClusterIndex, NeighbourhoodSampler, magnet_loss
 
@@ -26,10 +35,13 @@ class History:
     accuracy: list = field(default_factory=list)
     seconds: float = 0.0
 
+    def as_dict(self) -> dict:
+        return {"loss": self.loss, "accuracy": self.accuracy, "seconds": self.seconds}
+
 
 @torch.no_grad()
-def embed_all(embedder: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Embeddings of a whole set, without autograd, in eval mode (mode restored after)."""
+def embed_all(embedder: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Embeddings of a whole set without autograd, in eval mode (mode restored after)."""
     was_training = embedder.training
     embedder.eval()
     out = torch.cat([embedder(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -37,91 +49,266 @@ def embed_all(embedder: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> t
     return out
 
 
-def _check_data(x, y):
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError("x must be a floating tensor")
-    y = as_label_tensor(y, "y", x.shape[0])
-    return y.to(x.device)
+class Checkpoint:
+    """One file holding a run's state after its last finished epoch.
 
-
-def train_cross_entropy(model: nn.Module, x: torch.Tensor, y, *, epochs: int, lr: float,
-                        batch_size: int, milestones=(), seed: int = 0, augment=None,
-                        progress: bool | None = None) -> History:
-    """Nominal training, the ClusTR warm start (App. D: Adam, lr ×0.1 at ``milestones``).
-
-    ``augment`` (optional) maps a batch of inputs to augmented inputs on the device.
-    ``progress``: a tqdm bar with loss and accuracy (default: on unless
-    ``CLUSTR_PROGRESS=0``).
+    Written atomically (a temporary file, then a rename), read with
+    ``torch.load(weights_only=True)``: only tensors, numbers, strings and containers.
+    ``path=None`` disables checkpointing.
     """
-    y = _check_data(x, y)
-    check_positive(lr, "lr")
-    if int(epochs) < 0 or int(batch_size) < 1:
-        raise ValueError("epochs must be >= 0 and batch_size >= 1")
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
+
+    def __init__(self, path=None):
+        self.path = Path(path) if path is not None else None
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+class _Generators:
+    """The run's random streams: batch order (CPU) and augmentation/noise (device)."""
+
+    def __init__(self, seed: int, device):
+        self.cpu = torch.Generator().manual_seed(seed)
+        self.device = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def state(self) -> dict:
+        return {"cpu": self.cpu.get_state(), "device": self.device.get_state()}
+
+    def restore(self, state: dict) -> None:
+        self.cpu.set_state(state["cpu"])
+        self.device.set_state(state["device"])
+
+
+def _run_epochs(desc, epochs, model, optimizer, scheduler, generators, one_epoch, checkpoint,
+                progress, extra_state=None, restore_extra=None) -> History:
+    """Run ``one_epoch()`` (returns ``(loss, accuracy)``) ``epochs`` times, resuming from and
+    writing to ``checkpoint`` after every epoch."""
     history = History()
+    start_epoch, carried = 0, 0.0
+    saved = checkpoint.load()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        generators.restore(saved["generators"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = History(**json.loads(saved["history"]))
+        start_epoch, carried = int(saved["epoch"]), history.seconds
+        if restore_extra is not None:
+            restore_extra(saved["extra"])
+    progress = progress_enabled() if progress is None else progress
+    bar = tqdm(range(start_epoch, int(epochs)), desc=desc, disable=not progress, leave=False,
+               initial=start_epoch, total=int(epochs))
     start = time.perf_counter()
     model.train()
-    progress = progress_enabled() if progress is None else progress
-    bar = tqdm(range(int(epochs)), desc="cross-entropy", disable=not progress, leave=False)
-    for _ in bar:
-        order = torch.randperm(len(x), generator=generator).to(x.device)
-        total, correct = 0.0, 0
-        for first in range(0, len(x), batch_size):
-            idx = order[first:first + batch_size]
-            inputs = x[idx] if augment is None else augment(x[idx])
-            logits = model(inputs)
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        schedule.step()
-        history.loss.append(total / len(x))
-        history.accuracy.append(correct / len(x))
-        bar.set_postfix(loss=f"{history.loss[-1]:.3f}", acc=f"{history.accuracy[-1]:.3f}")
-    history.seconds = time.perf_counter() - start
+    for epoch in bar:
+        loss, accuracy = one_epoch()
+        if scheduler is not None:
+            scheduler.step()
+        history.loss.append(loss)
+        history.accuracy.append(accuracy)
+        history.seconds = carried + time.perf_counter() - start
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+        checkpoint.save({
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "generators": generators.state(), "torch_rng": torch.get_rng_state(),
+            "history": json.dumps(history.as_dict()),
+            "extra": extra_state() if extra_state is not None else {}})
     return history
 
 
-def train_magnet(embedder: nn.Module, x: torch.Tensor, y, *, epochs: int, lr: float,
-                 alpha: float, clusters_per_class: int = 2, clusters_per_batch: int = 12,
-                 samples_per_cluster: int = 20, seed: int = 0, augment=None,
-                 progress: bool | None = None):
+# ---------------------------------------------------------------------------------------
+# Cross-entropy training and its adversarial variants (one optimiser step per batch,
+# Free AT: m steps per batch).
+
+STEPS = ("nominal", "qtrades", "trades", "free_at")
+
+
+def _nominal_step(model, optimizer, x, y, generator, **_):
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), logits
+
+
+def _qtrades_step(model, optimizer, x, y, generator, *, lam, eps, step_size, **_):
+    """QTRADES on the cross-entropy head: ``CE(f(x), y) + λ·CE(p(x_adv), p(x))`` (Eq. 5)."""
+    logits = model(x)
+    x_adv = qtrades_adversary(model, x, eps=eps, step_size=step_size, generator=generator,
+                              target=logits.softmax(1))
+    loss = F.cross_entropy(logits, y) + lam * soft_cross_entropy(
+        model(x_adv).log_softmax(1), logits.softmax(1)).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), logits
+
+
+def _trades_step(model, optimizer, x, y, generator, *, beta, eps, step_size, iters, **_):
+    """TRADES (Zhang et al. 2019): ``CE(f(x), y) + β·KL(p(x) ‖ p(x_adv))``, the adversary
+    from ``iters`` signed steps on the KL starting at ``x + 0.001·N(0, 1)``."""
+    model.eval()
+    with torch.no_grad():
+        p_clean = model(x).softmax(1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = (x + 0.001 * noise).clamp(0, 1)
+    eps_vec = torch.full((len(x),), eps, device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            kl = F.kl_div(model(x_adv).log_softmax(1), p_clean, reduction="sum")
+            grad = torch.autograd.grad(kl, x_adv)[0]
+        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps_vec, "linf")
+    model.train()
+    logits = model(x)
+    loss = F.cross_entropy(logits, y) + beta * F.kl_div(
+        model(x_adv).log_softmax(1), logits.softmax(1), reduction="batchmean")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), logits
+
+
+def _free_at_step(model, optimizer, x, y, generator, *, replays, eps, state, **_):
+    """Free AT (Shafahi et al. 2019): ``replays`` steps on the same batch, each also
+    ascending a perturbation ``δ`` carried over from batch to batch."""
+    delta = state.get("delta")
+    if delta is None or delta.shape != x.shape:
+        delta = torch.zeros_like(x)
+    for _ in range(replays):
+        delta.requires_grad_(True)
+        logits = model((x + delta).clamp(0, 1))
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        delta = (delta.detach() + eps * delta.grad.sign()).clamp(-eps, eps)
+    state["delta"] = delta
+    return loss.item(), logits
+
+
+def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int,
+                        milestones=(), seed: int = 0, step: str = "nominal", step_args=None,
+                        checkpoint=None, progress: bool | None = None) -> History:
+    """Cross-entropy training with Adam, lr ×0.1 at each of ``milestones`` (App. D).
+
+    ``step`` selects the per-batch update: ``nominal`` (the ClusTR warm start),
+    ``qtrades`` (λ, ε, η), ``trades`` (β, ε, η, iterations) or ``free_at`` (replays m, ε);
+    ``step_args`` holds their parameters. ``checkpoint``: a path; the run resumes from it.
+    """
+    check_choice(step, "training step", STEPS)
+    check_positive(lr, "lr")
+    if int(epochs) < 0 or int(batch_size) < 1:
+        raise ValueError("epochs must be >= 0 and batch_size >= 1")
+    step_fn = {"nominal": _nominal_step, "qtrades": _qtrades_step, "trades": _trades_step,
+               "free_at": _free_at_step}[step]
+    step_args = dict(step_args or {})
+    y_all = data.y_train
+    generators = _Generators(seed, y_all.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
+    carry: dict = {}
+
+    def one_epoch():
+        order = torch.randperm(len(y_all), generator=generators.cpu).to(y_all.device)
+        total, correct = 0.0, 0
+        for first in range(0, len(order), batch_size):
+            idx = order[first:first + batch_size]
+            x = data.train_batch(idx, generators.device)
+            loss, logits = step_fn(model, optimizer, x, y_all[idx], generators.device,
+                                   state=carry, **step_args)
+            total += loss * len(idx)
+            correct += int((logits.argmax(1) == y_all[idx]).sum())
+        return total / len(order), correct / len(order)
+
+    return _run_epochs(step, epochs, model, optimizer, scheduler, generators, one_epoch,
+                       Checkpoint(checkpoint), progress)
+
+
+# ---------------------------------------------------------------------------------------
+# Magnet fine-tuning (Sec. 3.3), optionally with the QTRADES term (Eq. 5).
+
+def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: float,
+                 clusters_per_class: int = 2, clusters_per_batch: int = 12,
+                 samples_per_cluster: int = 20, seed: int = 0, qtrades_lambda: float = 0.0,
+                 qtrades_eps: float = 8 / 255, qtrades_step: float = 10 / 255,
+                 checkpoint=None, progress: bool | None = None):
     """Magnet-loss training (Eq. 3) with neighbourhood sampling (App. D).
 
-    Clusters come from per-class k-means++ on the embeddings of the whole training
-    set and are recomputed at the end of every epoch; an epoch is as many samples as
-    the training set holds. Returns ``(index, history)``.
+    Clusters come from per-class k-means++ on the embeddings of the whole training set
+    (an un-augmented pass without autograd) and are recomputed at the end of every
+    epoch; an epoch is as many samples as the training set holds. With
+    ``qtrades_lambda = λ > 0`` the loss is ``Magnet + λ·CE(p(x_adv), p(x))`` (Eq. 5), ``p``
+    the Eq. (4) probabilities over all clusters with the current centroids and ``σ²``,
+    ``x_adv`` the one-step QTRADES adversary; gradients flow through both ``p``'s, as in
+    TRADES. Returns ``(index, history)``.
     """
-    y = _check_data(x, y)
     check_positive(lr, "lr")
-    index = ClusterIndex(clusters_per_class, random_state=seed).fit(embed_all(embedder, x), y.cpu())
+    check_positive(qtrades_lambda, "qtrades_lambda", allow_zero=True)
+    y_all = data.y_train
+    generators = _Generators(seed, y_all.device)
+    index = ClusterIndex(clusters_per_class, random_state=seed).fit(
+        embed_all(embedder, data.train_images()), y_all.cpu())
     sampler = NeighbourhoodSampler(index, clusters_per_batch, samples_per_cluster, seed=seed)
     optimizer = torch.optim.Adam(embedder.parameters(), lr=lr)
-    history = History()
-    start = time.perf_counter()
-    embedder.train()
-    progress = progress_enabled() if progress is None else progress
-    bar = tqdm(range(int(epochs)), desc="magnet", disable=not progress, leave=False)
-    for _ in bar:
-        total = 0.0
+
+    def one_epoch():
+        total, correct, seen = 0.0, 0, 0
+        classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
+                                       num_classes=index.num_classes_)
+        soft_model = ClusterModel(embedder, classifier)
         for batch in sampler:
-            idx = torch.from_numpy(batch.indices).to(x.device)
-            inputs = x[idx] if augment is None else augment(x[idx])
-            loss, per_sample, _ = magnet_loss(embedder(inputs), torch.from_numpy(batch.cluster_ids),
-                                              y[idx], alpha)
+            idx = torch.from_numpy(batch.indices).to(y_all.device)
+            x, y = data.train_batch(idx, generators.device), y_all[idx]
+            features = embedder(x)
+            loss, per_sample, _ = magnet_loss(features, torch.from_numpy(batch.cluster_ids), y, alpha)
+            log_p = classifier.log_proba(features)
+            if qtrades_lambda > 0:
+                x_adv = qtrades_adversary(soft_model, x, eps=qtrades_eps, step_size=qtrades_step,
+                                          generator=generators.device, target=log_p.exp())
+                loss = loss + qtrades_lambda * soft_cross_entropy(
+                    soft_model(x_adv), log_p.exp()).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             sampler.record_losses(batch.indices, per_sample)
             total += loss.item()
-        index.refresh(embed_all(embedder, x))
-        history.loss.append(total / len(sampler))
-        bar.set_postfix(loss=f"{history.loss[-1]:.3f}")
-    history.seconds = time.perf_counter() - start
+            correct += int((log_p.argmax(1) == y).sum())
+            seen += len(y)
+        index.refresh(embed_all(embedder, data.train_images()))
+        return total / len(sampler), correct / max(seen, 1)
+
+    def extra_state():
+        return {"centroids": index.centroids_.cpu(), "assignments": index.assignments_,
+                "variance": index.variance_, "refreshes": index.refreshes_,
+                "sample_losses": torch.from_numpy(sampler.sample_losses),
+                "sampler_rng": json.dumps(sampler.rng.bit_generator.state)}
+
+    def restore_extra(state):
+        index.centroids_ = state["centroids"].to(y_all.device)
+        index.assignments_ = state["assignments"]
+        index.variance_ = float(state["variance"])
+        index.refreshes_ = int(state["refreshes"])
+        sampler.sample_losses = state["sample_losses"].numpy().copy()
+        sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
+        sampler._members_for = None  # the cached cluster membership is stale
+
+    history = _run_epochs("magnet", epochs, embedder, optimizer, None, generators, one_epoch,
+                          Checkpoint(checkpoint), progress, extra_state, restore_extra)
     return index, history
 
 
@@ -130,3 +317,9 @@ def cluster_model(embedder: nn.Module, index: ClusterIndex, num_nearest: int | N
     classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
                                    num_nearest=num_nearest, num_classes=index.num_classes_)
     return ClusterModel(embedder, classifier)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed PyTorch and NumPy's global generators (model initialisation)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)

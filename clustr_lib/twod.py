@@ -13,6 +13,7 @@ from .certify import (certified_accuracy, certified_radius, max_jacobian_norm,
                       minimal_adversarial_distance_2d, mlp_lipschitz_upper_bound,
                       nearest_cluster_predict)
 from .magnet import ClusterIndex
+from .data import TensorData
 from .models import WithHead, mlp_2d
 from .train import embed_all, train_cross_entropy, train_magnet
 
@@ -49,13 +50,14 @@ def train_2d(x, y, *, warm_start: bool, seed: int, hidden: int = 20, embedding_d
     """
     torch.manual_seed(seed)
     embedder = mlp_2d(hidden, embedding_dim, in_features=x.shape[1])
+    data = TensorData(x, y)
     start = time.perf_counter()
     if warm_start:
-        train_cross_entropy(WithHead(embedder, embedding_dim, int(y.max()) + 1), x, y,
+        train_cross_entropy(WithHead(embedder, embedding_dim, int(y.max()) + 1), data,
                             epochs=ce_epochs, lr=ce_lr, batch_size=ce_batch_size,
                             milestones=(ce_epochs // 2,), seed=seed, progress=progress)
     num_classes = int(y.max()) + 1
-    index, _ = train_magnet(embedder, x, y, epochs=magnet_epochs, lr=magnet_lr, alpha=alpha,
+    index, _ = train_magnet(embedder, data, epochs=magnet_epochs, lr=magnet_lr, alpha=alpha,
                             clusters_per_class=clusters_per_class,
                             clusters_per_batch=min(12, 1 + (num_classes - 1) * clusters_per_class),
                             samples_per_cluster=samples_per_cluster, seed=seed, progress=progress)

@@ -88,9 +88,9 @@ def test_pgd_iterates_stay_in_the_ball_and_the_box(rng, norm):
     x[:, 1] = 1.0
     y = torch.tensor(rng.integers(0, 5, size=20))
     eps = 0.1 if norm == "linf" else 0.5
-    pgd(recorder, x, y, eps=eps, step_size=0.08, steps=7, restarts=3, norm=norm)
+    pgd(recorder, x, y, eps=eps, step_size=0.08, steps=7, restarts=3, norm=norm, prune=False)
     iterates = [s for s in recorder.seen if s.shape[0] == 60]
-    assert len(iterates) == 9  # 8 iterates (start + 7 steps) and the final prediction
+    assert len(iterates) >= 8  # the start and 7 steps, 3 restarts side by side
     for s in iterates:
         delta = s - x.repeat(3, 1, 1, 1)
         size = delta.abs().flatten(1).max(1).values if norm == "linf" else delta.flatten(1).norm(dim=1)
@@ -107,9 +107,32 @@ def test_more_restarts_never_raise_robust_accuracy(rng):
             for r in (1, 2, 4, 8)]
     assert all(later <= earlier for earlier, later in zip(accs, accs[1:]))
     assert accs[-1] < accs[0]  # the weak attack does gain from restarts here
-    side_by_side = pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5,
-                       restarts_per_pass=3).robust_accuracy
-    assert side_by_side == accs[-1]  # chunking restarts does not change the result
+    one_pass = pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5,
+                   restarts_per_pass=8)
+    sequential = pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5,
+                     restarts_per_pass=1, prune=False)
+    # the same random starts side by side or one after the other: the same result
+    assert torch.equal(one_pass.robust, sequential.robust)
+    assert torch.equal(one_pass.broken_by_restart, sequential.broken_by_restart)
+
+
+def test_shorter_attack_is_read_off_the_longer_run(rng):
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.tensor(rng.uniform(0, 1, size=(200, 10)), dtype=torch.float32)
+    y = net(x).argmax(1).detach()
+    kwargs = dict(eps=0.06, step_size=0.005, restarts=3, seed=9, prune=False)
+    both = pgd(net, x, y, steps=12, report_steps=(4, 12), **kwargs)
+    short = pgd(net, x, y, steps=4, **kwargs)
+    assert torch.equal(both.extra["robust_at"][4], short.robust)
+    assert torch.equal(both.extra["robust_at"][12], both.robust)
+    assert both.robust_accuracy < short.robust_accuracy  # longer is stronger here
+    pruned = pgd(net, x, y, steps=12, report_steps=(4, 12), **{**kwargs, "prune": True,
+                                                                 "restarts_per_pass": 1})
+    unpruned = pgd(net, x, y, steps=12, report_steps=(4, 12), **{**kwargs, "restarts_per_pass": 1})
+    # the first restart attacks every point either way; later ones only the survivors
+    assert torch.equal(pruned.broken_by_restart[0], unpruned.broken_by_restart[0])
+    assert not (pruned.robust & pruned.broken_by_restart.any(0)).any()
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""Image loaders read torchvision's on-disk formats written here; augmentation on the device."""
+
+import hashlib
+import pickle
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torchvision.datasets as tvd
+
+from clustr_lib import data
+
+
+def md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path, monkeypatch, rng):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rows = {}
+    for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 6)]:
+        rows[name] = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rows[name], "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    # torchvision checks each file's md5 against the real archive's: point it at ours
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5(folder / "batches.meta")})
+    return tmp_path, rows
+
+
+def test_cifar10_loader_reads_torchvision_pickles(cifar10_dir):
+    root, rows = cifar10_dir
+    d = data.load_images("cifar10", data_dir=root)
+    assert d.x_train.shape == (20, 3, 32, 32) and d.x_test.shape == (6, 3, 32, 32)
+    assert d.x_train.dtype == torch.uint8 and d.y_train.dtype == torch.int64
+    assert 0 <= int(d.y_train.min()) and int(d.y_train.max()) < 10
+    row = rows["test_batch"][2]  # CIFAR rows are R(1024) G(1024) B(1024), each row-major 32x32
+    for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 30)]:
+        assert int(d.x_test[2, c, h, w]) == int(row[c * 1024 + h * 32 + w])
+    assert d.augment  # App. D: random crops on CIFAR
+
+
+def test_svhn_loader_reads_torchvision_mat_files(tmp_path, monkeypatch, rng):
+    split_list = {}
+    arrays = {}
+    for split, n in (("train", 7), ("test", 5)):
+        X = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, size=(n, 1)).astype(np.uint8)  # SVHN stores digit 0 as 10
+        y[0] = 10
+        name = f"{split}_32x32.mat"
+        scipy.io.savemat(tmp_path / name, {"X": X, "y": y})
+        arrays[split] = (X, y)
+        split_list[split] = ["unused-url", name, md5(tmp_path / name)]
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
+    d = data.load_images("svhn", data_dir=tmp_path)
+    X, y = arrays["test"]
+    assert d.x_test.shape == (5, 3, 32, 32) and d.x_test.dtype == torch.uint8
+    assert int(d.x_test[3, 2, 4, 9]) == int(X[4, 9, 2, 3])  # MATLAB order H, W, C, N
+    assert d.y_test.tolist() == [int(v) % 10 for v in y[:, 0]]
+    assert int(d.y_test[0]) == 0 and not d.augment  # App. D: no augmentation on SVHN
+
+
+def test_missing_dataset_gives_a_clear_message(tmp_path, monkeypatch):
+    def offline(self):
+        raise URLError("no network")
+    monkeypatch.setattr(tvd.CIFAR100, "download", offline)
+    with pytest.raises(data.DatasetUnavailable, match="cifar100 is not in .* could not be downloaded"):
+        data.load_images("cifar100", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="image dataset"):
+        data.load_images("mnist")
+
+
+def test_digits32_is_a_fixed_stratified_split_of_real_digits():
+    a, b = data.load_images("digits32"), data.load_images("digits32")
+    assert a.x_train.shape == (1347, 3, 32, 32) and a.x_test.shape == (450, 3, 32, 32)
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
+    assert torch.bincount(a.y_test).min() >= 40  # every digit in the test set
+    assert torch.equal(a.x_train[:, 0], a.x_train[:, 2])  # grey: three equal channels
+    sub = data.load_images("digits32", train_size=100, test_size=50, seed=1)
+    assert len(sub.x_train) == 100 and len(sub.y_test) == 50
+
+
+def test_random_crop_is_a_per_sample_window_of_the_padded_image(rng):
+    x = torch.tensor(rng.integers(1, 256, size=(16, 3, 32, 32)), dtype=torch.uint8)
+    x[8:] = x[0]  # identical images still get their own offsets
+    out = data.random_crop(x, padding=4, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    offsets = []
+    for i in range(16):
+        found = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if np.array_equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i].numpy())]
+        assert found, f"crop {i} is not a window of the padded image"
+        offsets.append(found[0])
+    assert len(set(offsets[8:])) > 1
+
+
+def test_train_batch_is_float_in_unit_range():
+    d = data.load_images("digits32", train_size=64, test_size=8)
+    d.augment = True
+    batch = d.train_batch(torch.arange(10))
+    assert batch.dtype == torch.float32 and float(batch.min()) >= 0 and float(batch.max()) <= 1
