@@ -21,8 +21,9 @@ NOTEBOOKS = ROOT / "notebooks"
 PROFILES = NOTEBOOKS / "profiles.yml"
 EXECUTED = ROOT / "book" / "chapters"
 DEFAULT_PROFILE = "smoke"
-# parameters the runner itself passes to every notebook
+# parameters the runner itself passes: to every notebook, and to those that declare them
 RUNNER_PARAMETERS = ("profile", "output_dir")
+OPTIONAL_RUNNER_PARAMETERS = {"repo_root": str(ROOT)}
 
 
 class PlanError(ValueError):
@@ -73,7 +74,9 @@ def plan(profile: str, only=None, notebooks: Path = NOTEBOOKS,
     for chapter in selected:
         params = dict(settings.get(chapter) or {})
         params.update(profile=profile, output_dir=str(output_dir))
-        undeclared = sorted(set(params) - declared_parameters(notebooks / f"{chapter}.ipynb"))
+        declared = declared_parameters(notebooks / f"{chapter}.ipynb")
+        params.update({k: v for k, v in OPTIONAL_RUNNER_PARAMETERS.items() if k in declared})
+        undeclared = sorted(set(params) - declared)
         if undeclared:
             raise PlanError(f"{chapter}.ipynb does not declare parameter(s) "
                             f"{', '.join(undeclared)} in its 'parameters' cell")

@@ -264,6 +264,7 @@ def evaluate(model, data, config: dict, progress=None) -> tuple[dict, dict]:
         start = time.perf_counter()
         result = pgd(model, x[:n], y[:n], eps=config["eps"], step_size=config["pgd_step"],
                      steps=steps, restarts=config["pgd_restarts"], objective=objective,
+                     restarts_per_pass=config["pgd_restarts_per_pass"],
                      report_steps=config["pgd_steps"], seed=config["seed"])
         for t, robust in result.extra["robust_at"].items():
             metrics[f"pgd{t}_{objective}"] = float(robust.float().mean())
@@ -309,3 +310,28 @@ def load_model(config: dict, data, models_dir):
         net = ClusterModel(net, classifier)
     net.load_state_dict(state)
     return net.eval()
+
+
+def run_methods(dataset: str, methods, seeds: int, settings: dict, data, *, results_dir,
+                models_dir, force=False, progress=None) -> list[dict]:
+    """Every ``method`` × seed ``0 … seeds−1`` through :func:`run` (recorded results reused)."""
+    from tqdm.auto import tqdm
+
+    from ._checks import progress_enabled
+
+    progress = progress_enabled() if progress is None else progress
+    configs = [run_config(dataset, m, s, settings) for s in range(int(seeds)) for m in methods]
+    results = []
+    bar = tqdm(configs, desc=f"{dataset} runs", disable=not progress)
+    for config in bar:
+        bar.set_postfix(method=config["method"], seed=config["seed"])
+        results.append(run(config, data, results_dir=results_dir, models_dir=models_dir,
+                           force=force, progress=progress))
+    return results
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -115,6 +115,8 @@ PROTOCOL = {
     "pgd_step": 2 / 255,             # PGD step size
     "pgd_restarts": 10,              # random restarts
     "pgd_steps": [20, 100],          # PGD-20 and PGD-100 (read off one 100-step run)
+    "pgd_restarts_per_pass": None,   # restarts side by side (None: all; 1: one at a time,
+                                     # each attacking only the points still robust)
     "pgd_objectives": ["paper", "ce"],  # the paper's objective and -log p_y
     "eval_size": None,               # test points attacked (None: the whole test set)
 }
@@ -127,3 +129,16 @@ def settings(dataset: str, overrides: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"unknown protocol setting(s): {', '.join(sorted(unknown))}")
     return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in merged.items()}
+
+
+def accuracy_table(dataset: str) -> dict:
+    """The paper's natural/PGD table for ``dataset`` (Table 1, or Table 3 for CIFAR-100)."""
+    tables = {**TABLE1, **TABLE3}
+    if dataset not in tables:
+        raise ValueError(f"the paper reports no table for {dataset!r}")
+    return tables[dataset]
+
+
+def close_to(ours: float, reported: float, tolerance: float = 3.0) -> bool:
+    """Our mean within ``tolerance`` accuracy points of the paper's value."""
+    return abs(ours - reported) <= tolerance

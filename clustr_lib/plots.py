@@ -86,3 +86,19 @@ def bisector_example(ax, point, centroids, classes, radii: dict, extent=(-1, 4, 
     ax.set_ylim(extent[2:])
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
+
+
+def method_bars(ax, frame, columns: dict, order=None):
+    """Grouped bars per method: mean over seeds with min–max whiskers (``columns``: name → label)."""
+    methods = order or list(dict.fromkeys(frame["method"]))
+    width = 0.8 / len(columns)
+    for k, (column, label) in enumerate(columns.items()):
+        stats = frame.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods)
+        pos = np.arange(len(methods)) + (k - (len(columns) - 1) / 2) * width
+        ax.bar(pos, stats["mean"], width, label=label,
+               yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=2)
+    ax.set_xticks(np.arange(len(methods)))
+    ax.set_xticklabels(methods, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)

@@ -1,0 +1,70 @@
+"""Tables of the image chapters: our runs next to the paper's Tables 1–3 and 2/5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .experiments import METHODS
+
+COLUMNS = {"natural": "clean_accuracy", "pgd20": "pgd20_paper", "pgd100": "pgd100_paper"}
+
+
+def runs_frame(results: list[dict]) -> pd.DataFrame:
+    """One row per run: method, seed, accuracies (%), training minutes."""
+    rows = []
+    for r in results:
+        m = r["metrics"]
+        rows.append({"method": METHODS[r["config"]["method"]], "seed": r["config"]["seed"],
+                     **{k: 100 * v for k, v in m.items() if k.startswith(("clean_accuracy", "pgd"))
+                        and not k.startswith("clean_accuracy_eval")},
+                     "train_minutes": r["training"]["seconds"] / 60,
+                     "device": r["provenance"]["device"]})
+    return pd.DataFrame(rows)
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if len(values) == 0:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f}"
+    return f"{values.mean():.2f} ± {values.std():.2f}"
+
+
+def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
+    """Table 1/3 layout: per method, the paper's value, ours (mean ± sd over seeds) and the
+    difference of the means, for natural, PGD-20 and PGD-100 accuracy (the paper's objective)."""
+    rows = []
+    for method, reported in paper_table.items():
+        ours = frame[frame["method"] == method]
+        row = {"method": method}
+        for name, column in COLUMNS.items():
+            row[(name, "paper")] = reported[name]
+            row[(name, "ours")] = _mean_sd(ours[column]) if len(ours) else "not run"
+            row[(name, "Δ")] = (round(ours[column].mean() - reported[name], 2) if len(ours) else np.nan)
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("method")
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def objectives_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Robust accuracy under the paper's PGD objective and under −log p_y, mean over seeds."""
+    cols = [c for c in ("pgd20_paper", "pgd100_paper", "pgd20_ce", "pgd100_ce") if c in frame]
+    return frame.groupby("method", sort=False)[["clean_accuracy", *cols]].mean().round(2)
+
+
+def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
+    """Table 2/5 layout: the paper's minutes (GTX 1080Ti) and ours (mean over seeds)."""
+    rows = []
+    for method, minutes in paper_minutes.items():
+        ours = frame.loc[frame["method"] == method, "train_minutes"]
+        rows.append({"method": method, "paper (min, GTX 1080Ti)": minutes,
+                     "ours (min)": round(ours.mean(), 2) if len(ours) else np.nan,
+                     "ours / nominal": np.nan})
+    table = pd.DataFrame(rows).set_index("method")
+    nominal = frame.loc[frame["method"] == METHODS["nominal"], "train_minutes"].mean()
+    if nominal == nominal:  # ratios make devices comparable
+        table["ours / nominal"] = (table["ours (min)"] / nominal).round(2)
+    return table
