@@ -39,7 +39,7 @@ class ClusterClassifier(nn.Module):
             raise ValueError("centroid_classes exceed num_classes")
         self.num_nearest = num_nearest
         self.register_buffer("variance", torch.tensor(check_positive(float(variance), "variance"),
-                                                      dtype=centroids.dtype))
+                                                      dtype=centroids.dtype, device=centroids.device))
         self.register_buffer("centroids", centroids.detach().clone())
         self.register_buffer("centroid_classes", classes.to(centroids.device))
 

@@ -171,7 +171,7 @@ def build_model(config: dict, data):
     return WithHead(embedder, 8 * config["width"], data.num_classes)
 
 
-def train_run(config: dict, data, *, results_dir, models_dir, force=False, progress=None):
+def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     """Train the network of ``config`` (resuming from its checkpoint), save its weights.
 
     ClusTR variants start from the nominal run of the same dataset, seed and settings,
@@ -188,7 +188,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, force=False, progr
     stages = {}
     if method in ("clustr", "clustr_qtrades"):
         warm = _warm_start_config(config)
-        run(warm, data, results_dir=results_dir, models_dir=models_dir, force=False,
+        run(warm, data, results_dir=results_dir, models_dir=models_dir,
             progress=progress)  # cached after the first ClusTR variant
         state = torch.load(_model_path(warm, models_dir), map_location=device, weights_only=True)
         model.load_state_dict({k[len("embedder."):]: v for k, v in state["model"].items()
@@ -206,7 +206,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, force=False, progr
             samples_per_cluster=config["samples_per_cluster"], seed=config["seed"],
             qtrades_lambda=config["qtrades_lambda"] if qtrades else 0.0,
             qtrades_eps=config["qtrades_eps"], qtrades_step=config["qtrades_step"],
-            checkpoint=ckpt, progress=progress)
+            qtrades_loss=config["qtrades_loss"], checkpoint=ckpt, progress=progress)
         stages["magnet"] = history.seconds
         classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
                                        num_nearest=min(config["num_nearest"], index.num_clusters),
@@ -216,7 +216,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, force=False, progr
         step, step_args, epochs = _ce_step(config)
         history = train_cross_entropy(
             model, data, epochs=epochs, lr=config["ce_lr"], batch_size=config["batch_size"],
-            milestones=[m * epochs // config["ce_epochs"] for m in config["ce_milestones"]],
+            milestones=_scaled_milestones(config["ce_milestones"], epochs, config["ce_epochs"]),
             seed=config["seed"], step=step, step_args=step_args, checkpoint=ckpt, progress=progress)
         stages[step] = history.seconds
         final = model
@@ -230,18 +230,24 @@ def train_run(config: dict, data, *, results_dir, models_dir, force=False, progr
                    "final_train_accuracy": history.accuracy[-1] if history.accuracy else None}
 
 
+def _scaled_milestones(milestones, epochs: int, nominal_epochs: int) -> list[int]:
+    """The warm start's lr milestones scaled to a run of ``epochs`` epochs (Free AT), never 0."""
+    return sorted({max(1, round(m * epochs / nominal_epochs)) for m in milestones})
+
+
 def _ce_step(config):
     """Per-batch update and epochs of the cross-entropy methods."""
     method = config["method"]
     if method == "qtrades":
         return "qtrades", {"lam": config["qtrades_lambda"], "eps": config["qtrades_eps"],
-                           "step_size": config["qtrades_step"]}, config["ce_epochs"]
+                           "step_size": config["qtrades_step"], "kind": config["qtrades_loss"]}, config["ce_epochs"]
     if method == "trades":
         return "trades", {"beta": config["trades_beta"], "eps": config["eps"],
                           "step_size": config["trades_step"], "iters": config["trades_steps"]}, config["ce_epochs"]
     if method == "free_at":
         replays = config["free_replays"]
-        return "free_at", {"replays": replays, "eps": config["eps"]}, max(1, config["ce_epochs"] // replays)
+        epochs = max(1, round(config["ce_epochs"] / replays))  # as many updates as nominal
+        return "free_at", {"replays": replays, "eps": config["eps"]}, epochs
     return "nominal", {}, config["ce_epochs"]
 
 
@@ -278,14 +284,15 @@ def evaluate(model, data, config: dict, progress=None) -> tuple[dict, dict]:
 
 def run(config: dict, data, *, results_dir, models_dir, force=False, progress=None) -> dict:
     """The result of ``config``: recorded under ``results_dir`` if there (and not ``force``),
-    else trained, evaluated and recorded, with its provenance."""
+    else trained, evaluated and recorded, with its provenance. (``force`` recomputes this
+    run only: a ClusTR run still starts from its recorded warm start.)"""
     if not force:
         cached = load_result(config, results_dir)
         if cached is not None:
             return cached
     start = time.perf_counter()
     model, training = train_run(config, data, results_dir=results_dir, models_dir=models_dir,
-                                force=force, progress=progress)
+                                progress=progress)
     metrics, attack_seconds = evaluate(model, data, config, progress)
     result = {"config": config, "metrics": metrics, "training": training,
               "attack_seconds": attack_seconds,

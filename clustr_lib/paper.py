@@ -106,6 +106,8 @@ PROTOCOL = {
     "qtrades_lambda": {"cifar10": 8.0, "svhn": 9.7, "cifar100": 2.0, "digits32": 8.0},
     "qtrades_eps": 8 / 255,          # QTRADES noise and projection radius
     "qtrades_step": 10 / 255,        # QTRADES step (the public code's value)
+    "qtrades_loss": "ce",            # Eq. 5's CE(p(x_adv), p(x)); "kl": TRADES' KL(p(x) || p(x_adv)),
+                                     # the same minus the entropy of p(x)
     "free_replays": 8,               # Free AT minibatch replays m (epochs divided by m)
     "trades_beta": 6.0,              # TRADES β
     "trades_steps": 10,              # TRADES inner PGD steps

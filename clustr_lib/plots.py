@@ -102,3 +102,24 @@ def method_bars(ax, frame, columns: dict, order=None):
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
+
+
+def paper_vs_ours_bars(ax, frame, paper_table: dict, column: str = "pgd100_paper",
+                       paper_key: str = "pgd100"):
+    """Per method of the paper's table: its reported accuracy next to our mean (min–max)."""
+    methods = list(paper_table)
+    ours = frame.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods)
+    pos = np.arange(len(methods))
+    ax.bar(pos - 0.2, [paper_table[m][paper_key] for m in methods], 0.4, label="paper",
+           color="lightgrey", edgecolor="k")
+    ax.bar(pos + 0.2, ours["mean"].fillna(0), 0.4, label="ours", color="tab:blue",
+           yerr=[(ours["mean"] - ours["min"]).fillna(0), (ours["max"] - ours["mean"]).fillna(0)],
+           capsize=2)
+    for p, missing in zip(pos, ours["mean"].isna()):
+        if missing:
+            ax.text(p + 0.2, 1, "not run", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(methods, rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)

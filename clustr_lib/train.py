@@ -145,13 +145,32 @@ def _nominal_step(model, optimizer, x, y, generator, **_):
     return loss.item(), logits
 
 
-def _qtrades_step(model, optimizer, x, y, generator, *, lam, eps, step_size, **_):
+QTRADES_LOSSES = ("ce", "kl")
+
+
+def qtrades_term(log_q_adv: torch.Tensor, log_p: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Batch mean of the QTRADES regulariser between ``p(x)`` and ``q = p(x_adv)``.
+
+    ``ce``: Eq. (5)'s ``CE(p(x_adv), p(x)) = −Σ p log q``; ``kl``: TRADES' ``KL(p ‖ q)``, the
+    same minus the entropy of ``p``. Gradients flow through both distributions, as in
+    TRADES; with ``ce`` the entropy term then also pulls ``p(x)`` towards confident
+    predictions of any class.
+    """
+    check_choice(kind, "QTRADES loss", QTRADES_LOSSES)
+    p = log_p.exp()
+    term = soft_cross_entropy(log_q_adv, p)
+    if kind == "kl":
+        term = term + torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(1)
+    return term.mean()
+
+
+def _qtrades_step(model, optimizer, x, y, generator, *, lam, eps, step_size, kind="ce", **_):
     """QTRADES on the cross-entropy head: ``CE(f(x), y) + λ·CE(p(x_adv), p(x))`` (Eq. 5)."""
     logits = model(x)
     x_adv = qtrades_adversary(model, x, eps=eps, step_size=step_size, generator=generator,
                               target=logits.softmax(1))
-    loss = F.cross_entropy(logits, y) + lam * soft_cross_entropy(
-        model(x_adv).log_softmax(1), logits.softmax(1)).mean()
+    loss = F.cross_entropy(logits, y) + lam * qtrades_term(
+        model(x_adv).log_softmax(1), logits.log_softmax(1), kind)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -207,7 +226,7 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
     """Cross-entropy training with Adam, lr ×0.1 at each of ``milestones`` (App. D).
 
     ``step`` selects the per-batch update: ``nominal`` (the ClusTR warm start),
-    ``qtrades`` (λ, ε, η), ``trades`` (β, ε, η, iterations) or ``free_at`` (replays m, ε);
+    ``qtrades`` (λ, ε, η, kind of :func:`qtrades_term`), ``trades`` (β, ε, η, iterations) or ``free_at`` (replays m, ε);
     ``step_args`` holds their parameters. ``checkpoint``: a path; the run resumes from it.
     """
     check_choice(step, "training step", STEPS)
@@ -246,7 +265,7 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
                  clusters_per_class: int = 2, clusters_per_batch: int = 12,
                  samples_per_cluster: int = 20, seed: int = 0, qtrades_lambda: float = 0.0,
                  qtrades_eps: float = 8 / 255, qtrades_step: float = 10 / 255,
-                 checkpoint=None, progress: bool | None = None):
+                 qtrades_loss: str = "ce", checkpoint=None, progress: bool | None = None):
     """Magnet-loss training (Eq. 3) with neighbourhood sampling (App. D).
 
     Clusters come from per-class k-means++ on the embeddings of the whole training set
@@ -255,7 +274,8 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
     ``qtrades_lambda = λ > 0`` the loss is ``Magnet + λ·CE(p(x_adv), p(x))`` (Eq. 5), ``p``
     the Eq. (4) probabilities over all clusters with the current centroids and ``σ²``,
     ``x_adv`` the one-step QTRADES adversary; gradients flow through both ``p``'s, as in
-    TRADES. Returns ``(index, history)``.
+    TRADES (``qtrades_loss="kl"``: TRADES' KL instead, see :func:`qtrades_term`).
+    Returns ``(index, history)``.
     """
     check_positive(lr, "lr")
     check_positive(qtrades_lambda, "qtrades_lambda", allow_zero=True)
@@ -270,23 +290,15 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
         total, correct, seen = 0.0, 0, 0
         classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
                                        num_classes=index.num_classes_)
-        soft_model = ClusterModel(embedder, classifier)
         for batch in sampler:
             idx = torch.from_numpy(batch.indices).to(y_all.device)
             x, y = data.train_batch(idx, generators.device), y_all[idx]
-            features = embedder(x)
-            loss, per_sample, _ = magnet_loss(features, torch.from_numpy(batch.cluster_ids), y, alpha)
-            log_p = classifier.log_proba(features)
-            if qtrades_lambda > 0:
-                x_adv = qtrades_adversary(soft_model, x, eps=qtrades_eps, step_size=qtrades_step,
-                                          generator=generators.device, target=log_p.exp())
-                loss = loss + qtrades_lambda * soft_cross_entropy(
-                    soft_model(x_adv), log_p.exp()).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, per_sample, log_p = magnet_step(
+                embedder, optimizer, classifier, x, y, torch.from_numpy(batch.cluster_ids),
+                alpha=alpha, qtrades_lambda=qtrades_lambda, qtrades_eps=qtrades_eps,
+                qtrades_step=qtrades_step, qtrades_loss=qtrades_loss, generator=generators.device)
             sampler.record_losses(batch.indices, per_sample)
-            total += loss.item()
+            total += loss
             correct += int((log_p.argmax(1) == y).sum())
             seen += len(y)
         index.refresh(embed_all(embedder, data.train_images()))
@@ -310,6 +322,28 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
     history = _run_epochs("magnet", epochs, embedder, optimizer, None, generators, one_epoch,
                           Checkpoint(checkpoint), progress, extra_state, restore_extra)
     return index, history
+
+
+def magnet_step(embedder, optimizer, classifier, x, y, cluster_ids, *, alpha, qtrades_lambda=0.0,
+                qtrades_eps=8 / 255, qtrades_step=10 / 255, qtrades_loss="ce", generator=None):
+    """One Magnet (± QTRADES) update on a neighbourhood batch; returns ``(loss, per-sample
+    Magnet losses, Eq. (4) log-probabilities of the batch)``.
+
+    The QTRADES adversary reuses the training forward's ``p(x)`` and needs only an input
+    gradient, so the step costs two forward-backward passes plus one input-gradient pass.
+    """
+    features = embedder(x)
+    loss, per_sample, _ = magnet_loss(features, cluster_ids, y, alpha)
+    log_p = classifier.log_proba(features)
+    if qtrades_lambda > 0:
+        soft_model = ClusterModel(embedder, classifier)
+        x_adv = qtrades_adversary(soft_model, x, eps=qtrades_eps, step_size=qtrades_step,
+                                  generator=generator, target=log_p.exp())
+        loss = loss + qtrades_lambda * qtrades_term(soft_model(x_adv), log_p, qtrades_loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), per_sample, log_p
 
 
 def cluster_model(embedder: nn.Module, index: ClusterIndex, num_nearest: int | None = None) -> ClusterModel:

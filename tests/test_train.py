@@ -1,5 +1,6 @@
 """Training: resumable runs end where uninterrupted ones do; ClusTR learns digits32."""
 
+import pytest
 import torch
 
 from clustr_lib import data, experiments, paper
@@ -103,3 +104,31 @@ def test_corrupt_result_is_recomputed_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="recomputing"):
         again = experiments.run(config, d, **dirs)
     assert again["metrics"] == first["metrics"]
+
+
+def test_free_at_with_few_epochs_still_learns(tmp_path):
+    """Free AT gets ce_epochs / m epochs; its lr milestones must not collapse to epoch 0."""
+    d = data.load_images("digits32", train_size=400, test_size=100)
+    settings = paper.settings("digits32", {**TINY, "ce_epochs": 8, "ce_milestones": [4, 6],
+                                           "free_replays": 8, "eval_size": 10})  # one epoch
+    config = experiments.run_config("digits32", "free_at", 0, settings)
+    result = experiments.run(config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m",
+                             progress=False)
+    assert result["training"]["final_train_accuracy"] > 0.3  # chance is 0.1
+    assert result["metrics"]["clean_accuracy"] > 0.3
+
+
+def test_qtrades_terms_match_numpy(rng):
+    import numpy as np
+
+    from clustr_lib.train import qtrades_term
+
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    log_p = torch.tensor(a).log_softmax(1)
+    log_q = torch.tensor(b).log_softmax(1)
+    p, q = np.exp(log_p.numpy()), np.exp(log_q.numpy())
+    ce = -(p * np.log(q)).sum(1).mean()
+    kl = (p * (np.log(p) - np.log(q))).sum(1).mean()
+    assert float(qtrades_term(log_q, log_p, "ce")) == pytest.approx(ce, rel=1e-10)
+    assert float(qtrades_term(log_q, log_p, "kl")) == pytest.approx(kl, rel=1e-10)
+    assert float(qtrades_term(log_p, log_p, "kl")) == pytest.approx(0.0, abs=1e-12)

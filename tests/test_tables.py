@@ -1,0 +1,41 @@
+"""Paper-vs-ours tables and the protocol settings."""
+
+import pytest
+
+from clustr_lib import paper, tables
+
+
+def result(method, seed, clean, pgd100, minutes):
+    return {"config": {"method": method, "seed": seed},
+            "metrics": {"clean_accuracy": clean, "pgd20_paper": pgd100 + 0.01,
+                        "pgd100_paper": pgd100, "pgd20_ce": pgd100, "pgd100_ce": pgd100 / 2,
+                        "clean_accuracy_eval_ce": 0.5},
+            "training": {"seconds": 60 * minutes}, "provenance": {"device": "CPU"}}
+
+
+def test_paper_vs_ours_reports_mean_sd_and_difference():
+    runs = tables.runs_frame([result("clustr_qtrades", 0, 0.90, 0.70, 2.0),
+                              result("clustr_qtrades", 1, 0.92, 0.74, 4.0),
+                              result("nominal", 0, 0.95, 0.0, 1.0)])
+    table = tables.paper_vs_ours(runs, paper.TABLE1["cifar10"])
+    row = table.loc["ClusTR + QTRADES"]
+    assert row[("natural", "paper")] == 91.03
+    assert row[("natural", "ours")] == "91.00 ± 1.41"
+    assert row[("pgd100", "Δ")] == pytest.approx(72.0 - 74.04)
+    assert table.loc["TRADES"][("pgd100", "ours")] == "not run"
+    times = tables.training_times(runs, paper.TRAINING_MINUTES["cifar10"])
+    assert times.loc["ClusTR + QTRADES", "ours (min)"] == 3.0
+    assert "Nominal Training" not in times.index  # the paper's Table 2 has no nominal row
+    assert times.loc["ClusTR + QTRADES", "ours / nominal"] == 3.0
+    objectives = tables.objectives_table(runs)
+    assert objectives.loc["ClusTR + QTRADES", "pgd100_ce"] == pytest.approx(36.0)
+    assert objectives.loc["ClusTR + QTRADES", "clean_attacked"] == pytest.approx(50.0)
+
+
+def test_settings_resolve_per_dataset_values_and_refuse_unknown_keys():
+    s = paper.settings("svhn", {"width": 8})
+    assert s["alpha"] == 13.0 and s["alpha_qtrades"] == 10.0 and s["qtrades_lambda"] == 9.7
+    assert s["magnet_epochs"] == 60 and s["width"] == 8 and s["eps"] == pytest.approx(8 / 255)
+    with pytest.raises(ValueError, match="unknown protocol setting"):
+        paper.settings("cifar10", {"widht": 8})
+    assert paper.accuracy_table("cifar100")["ClusTR + QTRADES"]["pgd100"] == 52.40
