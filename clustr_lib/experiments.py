@@ -251,7 +251,7 @@ def _ce_step(config):
     return "nominal", {}, config["ce_epochs"]
 
 
-def evaluate(model, data, config: dict, progress=None) -> tuple[dict, dict]:
+def evaluate(model, data, config: dict) -> tuple[dict, dict]:
     """Clean accuracy on the test set; PGD robust accuracy (``pgd_restarts`` restarts, ε,
     step; ``pgd_steps`` read off one run) per objective on the first ``eval_size`` test
     points. Returns ``(metrics, seconds per objective)``."""
@@ -293,7 +293,7 @@ def run(config: dict, data, *, results_dir, models_dir, force=False, progress=No
     start = time.perf_counter()
     model, training = train_run(config, data, results_dir=results_dir, models_dir=models_dir,
                                 progress=progress)
-    metrics, attack_seconds = evaluate(model, data, config, progress)
+    metrics, attack_seconds = evaluate(model, data, config)
     result = {"config": config, "metrics": metrics, "training": training,
               "attack_seconds": attack_seconds,
               "provenance": provenance(device=data.y_train.device,
