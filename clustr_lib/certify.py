@@ -167,3 +167,90 @@ def max_jacobian_norm(f, points, chunk: int = 4096) -> float:
             j = jac(points[first:first + chunk])
         best = max(best, float(torch.linalg.matrix_norm(j.double(), ord=2).max()))
     return best
+
+
+# ---------------------------------------------------------------------------------------
+# An honest ℓ2 Lipschitz upper bound for the ResNet-18 embedder (chapter 10).
+
+
+def conv_lipschitz_upper_bound(conv: nn.Conv2d) -> float:
+    """Upper bound on the ℓ2 operator norm of a zero-padded 2-D convolution.
+
+    The convolution is ``y = Σ_o W_o S_o x`` over the ``k_h·k_w`` kernel offsets ``o``,
+    with ``W_o`` the ``[c_out, c_in]`` matrix at offset ``o`` and ``S_o`` a zero-padded
+    shift (operator norm ≤ 1; a stride only drops outputs). Two bounds follow, and the
+    smaller is returned:
+
+    * the triangle inequality, ``Σ_o ‖W_o‖₂``;
+    * ``y = [W_1 … W_k] · [S_1 x; …; S_k x]`` with ``‖[S_o x]_o‖ ≤ √k ‖x‖``, so
+      ``‖conv‖ ≤ √(k_h k_w) · ‖W reshaped to [c_out, c_in·k_h·k_w]‖₂``.
+
+    Both hold for any input size, stride, zero padding and dilation (not for groups).
+    """
+    if conv.groups != 1:
+        raise TypeError("grouped convolutions are not supported")
+    if conv.padding_mode != "zeros":
+        raise TypeError(f"padding mode {conv.padding_mode!r} is not supported (zeros only)")
+    weight = conv.weight.detach().double()                      # [c_out, c_in, kh, kw]
+    per_offset = torch.linalg.matrix_norm(weight.permute(2, 3, 0, 1), ord=2).sum()
+    offsets = weight.shape[2] * weight.shape[3]
+    stacked = offsets ** 0.5 * spectral_norm(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
+    return float(min(per_offset, stacked))
+
+
+def batchnorm_lipschitz(bn: nn.BatchNorm2d) -> float:
+    """Exact ℓ2 Lipschitz constant of batch norm in eval mode: ``max_c |γ_c| / √(var_c + ε)``."""
+    if bn.training or bn.running_var is None:
+        raise ValueError("batch norm must be in eval mode with running statistics")
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_var).double()
+    return float((gamma.abs() / (bn.running_var.double() + bn.eps).sqrt()).max())
+
+
+def lipschitz_upper_bound(module: nn.Module, input_size: int = 32) -> float:
+    """Upper bound on the ℓ2 Lipschitz constant of ``module`` on ``[C, input_size, input_size]``
+    inputs (Theorem 1 needs ``L``; chapter 10 computes it for ResNet-18).
+
+    Composition multiplies bounds; a residual block ``relu(main(x) + shortcut(x))`` is
+    bounded by ``L(main) + L(shortcut)``. Rules: convolutions
+    (:func:`conv_lipschitz_upper_bound`), batch norm in eval mode (exact), the input
+    normalisation (``1 / min std``), ReLU (1), linear layers (exact spectral norm), and
+    global average pooling over ``H × W`` (exactly ``1/√(HW)``). Any other layer raises.
+    """
+    from .models import BasicBlock, Normalize
+
+    bound, size = _lipschitz(module, int(input_size), BasicBlock, Normalize)
+    return bound
+
+
+def _lipschitz(module, size, BasicBlock, Normalize):
+    """``(bound, output spatial size)`` of ``module`` on ``size × size`` inputs."""
+    if isinstance(module, nn.Sequential):
+        bound = 1.0
+        for layer in module:
+            factor, size = _lipschitz(layer, size, BasicBlock, Normalize)
+            bound *= factor
+        return bound, size
+    if isinstance(module, BasicBlock):
+        conv1, out = conv_lipschitz_upper_bound(module.conv1), _conv_size(module.conv1, size)
+        main = (conv1 * batchnorm_lipschitz(module.bn1) * conv_lipschitz_upper_bound(module.conv2)
+                * batchnorm_lipschitz(module.bn2))
+        shortcut = _lipschitz(module.shortcut, size, BasicBlock, Normalize)[0] if len(module.shortcut) else 1.0
+        return main + shortcut, out
+    if isinstance(module, nn.Conv2d):
+        return conv_lipschitz_upper_bound(module), _conv_size(module, size)
+    if isinstance(module, nn.BatchNorm2d):
+        return batchnorm_lipschitz(module), size
+    if isinstance(module, Normalize):
+        return float(1.0 / module.std.detach().double().min()), size
+    if isinstance(module, (nn.ReLU, nn.Identity, nn.Flatten)):
+        return 1.0, size
+    if isinstance(module, nn.Linear):
+        return spectral_norm(module.weight), size
+    if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+        return 1.0 / size, 1
+    raise TypeError(f"no Lipschitz rule for layer {type(module).__name__}")
+
+
+def _conv_size(conv: nn.Conv2d, size: int) -> int:
+    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
