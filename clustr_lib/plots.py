@@ -123,3 +123,103 @@ def paper_vs_ours_bars(ax, frame, paper_table: dict, column: str = "pgd100_paper
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation chapters (7-11). Frames come from clustr_lib.studies; mean over seeds with
+# the min-max band or whiskers.
+
+
+def _band(ax, frame, x, y, label, **style):
+    stats = frame.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
+    line, = ax.plot(stats.index, stats["mean"], marker="o", markersize=3, label=label, **style)
+    ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+    return line
+
+
+def eps_curves(ax, frame, paper_points: dict | None = None, column: str = "pgd100"):
+    """Table 4 as a figure: robust accuracy vs ε (units of 1/255) per objective; the paper's
+    values as black crosses."""
+    for objective, group in frame.groupby("objective", sort=False):
+        _band(ax, group, "eps_255", column, f"ours, {objective}")
+    if paper_points:
+        ax.scatter(list(paper_points), [v[1] for v in paper_points.values()], marker="x",
+                   color="k", zorder=3, label="paper (PGD-100)")
+    ax.set_xlabel("ε (× 1/255)")
+    ax.set_ylabel(f"{column.upper()} accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+
+
+def d_curves(ax, clean, robust, paper_point: tuple | None = None, table_d: int = 20,
+             column: str = "pgd20"):
+    """Fig. 4: clean and PGD accuracy vs D (log axis); the paper's best point as a star and
+    the tables' D as a dotted line."""
+    _band(ax, clean, "D", "clean", "ours, clean", color="grey")
+    for objective, group in robust.groupby("objective", sort=False):
+        _band(ax, group, "D", column, f"ours, {column.upper()}, {objective}")
+    if paper_point:
+        ax.scatter([paper_point[0]], [paper_point[1]], marker="*", s=150, color="k", zorder=3,
+                   label=f"paper: best {column.upper()} {paper_point[1]}% at D = {paper_point[0]}")
+    ax.axvline(table_d, color="k", linestyle=":", linewidth=1, label=f"D = {table_d} (tables)")
+    ax.set_xscale("log")
+    ax.set_xlabel("D (nearest clusters in Eq. 4)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+
+
+def grouped_bars(ax, frame, group: str, hue: str, value: str, order=None, hue_order=None):
+    """Bars of ``value`` per ``group`` and ``hue``: mean over seeds, min-max whiskers."""
+    groups = order or list(dict.fromkeys(frame[group]))
+    hues = hue_order or list(dict.fromkeys(frame[hue]))
+    width = 0.8 / len(hues)
+    for k, h in enumerate(hues):
+        stats = (frame[frame[hue] == h].groupby(group)[value].agg(["mean", "min", "max"])
+                 .reindex(groups))
+        pos = np.arange(len(groups)) + (k - (len(hues) - 1) / 2) * width
+        ax.bar(pos, stats["mean"].fillna(0), width, label=h,
+               yerr=[(stats["mean"] - stats["min"]).fillna(0), (stats["max"] - stats["mean"]).fillna(0)],
+               capsize=2)
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels(groups)
+    ax.set_ylabel(f"{value} (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def gradient_histograms(ax, frame, floor: float = 1e-12):
+    """Distribution of ``‖∇_x loss‖₂`` per objective on a log axis; exact zeros are drawn at
+    ``floor`` and counted in the legend."""
+    values = frame["norm"].to_numpy(dtype=float)
+    top = max(float(values.max()), floor * 10) if len(values) else 1.0
+    bins = np.logspace(np.log10(floor) - 0.5, np.log10(top) + 0.5, 40)
+    for objective, group in frame.groupby("objective", sort=False):
+        norms = group["norm"].to_numpy(dtype=float)
+        zeros = int((norms == 0).sum())
+        ax.hist(np.where(norms == 0, floor, norms), bins=bins, histtype="step", linewidth=1.5,
+                label=f"{objective} ({zeros} of {len(norms)} exactly 0)")
+    ax.axvline(float(np.finfo(np.float32).eps), color="k", linestyle=":", linewidth=1,
+               label="float32 resolution (1.2e-7)")
+    ax.set_xscale("log")
+    ax.set_xlabel("‖∇ₓ loss‖₂ at the clean input (zeros drawn at the left edge)")
+    ax.set_ylabel("points")
+    ax.legend(fontsize=7)
+
+
+def attack_path_curves(loss_ax, acc_ax, frame):
+    """Mean objective (normalised to its value at the start) and accuracy along one PGD run,
+    per objective."""
+    for objective, group in frame.groupby("objective", sort=False):
+        mean = group.groupby("iteration")[["mean_loss", "accuracy"]].mean()
+        start = mean["mean_loss"].iloc[0]
+        scale = abs(start) if start else 1.0
+        loss_ax.plot(mean.index, (mean["mean_loss"] - start) / scale, label=objective)
+        acc_ax.plot(mean.index, mean["accuracy"], label=objective)
+    loss_ax.set_xlabel("PGD iteration")
+    loss_ax.set_ylabel("objective gain, relative to its start")
+    acc_ax.set_xlabel("PGD iteration")
+    acc_ax.set_ylabel("accuracy along the path (%)")
+    acc_ax.set_ylim(0, 100)
+    for ax in (loss_ax, acc_ax):
+        ax.legend(fontsize=7)

@@ -72,6 +72,19 @@ class Source:
     loaded: list = field(default_factory=list)     # evaluations read from the record
 
     @property
+    def methods(self) -> list[str]:
+        """Methods with runs here: those of the paper's table for its dataset (chapters 3–5
+        train exactly those), all seven for the digits32 study."""
+        if self.paper_dataset is None:
+            return list(experiments.METHODS)
+        reported = paper.accuracy_table(self.paper_dataset)
+        return [m for m, name in experiments.METHODS.items() if name in reported]
+
+    def verdict(self, holds: bool, profile: str) -> str:
+        """The verdict on a paper claim from this source: only at the paper's scale."""
+        return paper.verdict(holds, profile if self.at_scale else "stand-in")
+
+    @property
     def models_dir(self) -> Path:
         return Path(self.results_dir) / "models"
 
@@ -88,6 +101,8 @@ class Source:
     def evaluate(self, method: str, name: str, params: dict, force: bool = False) -> list[dict]:
         """Measurement ``name`` (a key of :data:`clustr_lib.evaluations.EVALUATIONS`) with
         ``params`` on every seed's model of ``method``: ``[{"seed", "metrics"}]``."""
+        if method not in self.methods:
+            raise ValueError(f"{self.label} has no {method!r} runs; it has {', '.join(self.methods)}")
         if name not in EVALUATIONS:
             raise ValueError(f"unknown evaluation {name!r}; known: {', '.join(EVALUATIONS)}")
         return [self._evaluate_run(result, name, params, force) for result in self.runs(method)]
@@ -151,3 +166,20 @@ def chapter_sources(datasets, *, study: bool, repo_root=".", **paper_args) -> li
     if study:
         sources.append(digits32_study(repo_root, paper_args.get("device", "auto")))
     return sources
+
+
+def banner(sources: list[Source], profile: str) -> str:
+    """Markdown naming what a chapter evaluates, with a warning when a paper dataset is
+    replaced by a stand-in or the protocol is reduced."""
+    lines = [f"Page built with profile `{profile}`. Evaluated:", ""]
+    lines += [f"* {s.describe()}" for s in sources]
+    if any(s.paper_dataset and not s.at_scale for s in sources):
+        lines = ["> **Not a reproduction.** The paper's datasets are replaced by a stand-in or "
+                 "the protocol is reduced in this build: those sections exercise the chapter's "
+                 "code end to end, their numbers say nothing about the paper's, and no verdict "
+                 "is drawn from them.", ""] + lines
+    if any(s.paper_dataset is None for s in sources):
+        lines += ["", "The digits32 study's numbers are **our measurement** on a stand-in dataset "
+                  "(chapter 6: narrow ResNet-18, 3 seeds, the paper's attack protocol on 80 test "
+                  "points), recorded in `results/digits32/evaluations/`; they are not the paper's."]
+    return "\n".join(lines)

@@ -70,3 +70,47 @@ def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
     if nominal == nominal:  # ratios make devices comparable
         table["ours / nominal"] = (table["ours (min)"] / nominal).round(2)
     return table
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation chapters (7-11): frames from clustr_lib.studies.
+
+
+def eps_table(frame: pd.DataFrame, paper_points: dict | None = None) -> pd.DataFrame:
+    """Table 4 layout: per ε (× 1/255), the paper's PGD-20/100 and ours per objective (mean
+    over seeds)."""
+    ours = frame.pivot_table(index="eps_255", columns="objective", values=["pgd20", "pgd100"],
+                             aggfunc="mean", sort=False).round(2)
+    ours.columns = [f"ours {steps.upper()}, {objective}" for steps, objective in ours.columns]
+    if paper_points:
+        ours.insert(0, "paper PGD-100", [paper_points.get(e, (np.nan, np.nan))[1] for e in ours.index])
+        ours.insert(0, "paper PGD-20", [paper_points.get(e, (np.nan, np.nan))[0] for e in ours.index])
+    ours.index.name = "ε (× 1/255)"
+    return ours
+
+
+def mean_sd_table(frame: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
+    """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance)."""
+    rows = list(dict.fromkeys(frame[index]))
+    cols = list(dict.fromkeys(frame[columns]))
+    table = pd.DataFrame(index=rows, columns=cols, dtype=object)
+    for (r, c), group in frame.groupby([index, columns]):
+        table.loc[r, c] = _mean_sd(group[value])
+    return table.fillna("—")
+
+
+def external_records(ours: dict) -> pd.DataFrame:
+    """ClusTR + QTRADES on CIFAR-10 (ε = 8/255) as others recorded it, next to ``ours``:
+    ``{row label: (clean, PGD as reported, AutoAttack)}``."""
+    from .paper import FOLLOWUP_AUTOATTACK_RANGE, ROBUSTBENCH_CLUSTR
+
+    low, high = FOLLOWUP_AUTOATTACK_RANGE
+    rows = {"paper (Table 1, PGD-100)": ("91.03", "74.04", "—"),
+            "RobustBench entry": (f"{ROBUSTBENCH_CLUSTR['clean']:.2f}",
+                                  f"{ROBUSTBENCH_CLUSTR['reported']:.2f}",
+                                  f"{ROBUSTBENCH_CLUSTR['autoattack']:.2f}"),
+            "follow-up report (QTRADES variants)": ("—", "—", f"{low}–{high}")}
+    rows.update({label: tuple(v if isinstance(v, str) else f"{v:.2f}" for v in values)
+                 for label, values in ours.items()})
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=["clean (%)", "PGD, paper's objective (%)", "AutoAttack (%)"])

@@ -1,0 +1,212 @@
+"""The evaluation chapters' measurements against independent calculations: analytic input
+gradients of a linear model, NumPy transcriptions of Eq. (4) and Theorem 1, and the
+recorded-evaluation cache."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from clustr_lib import evaluations, sources, studies
+from clustr_lib.classify import ClusterClassifier, ClusterModel
+from clustr_lib.models import WithHead
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Data:
+    """The slice of ImageData's interface the measurements read."""
+
+    def __init__(self, x_test, y_test, x_train=None, y_train=None, num_classes=None):
+        self.x_test, self.y_test = x_test, torch.as_tensor(y_test)
+        self.x_train = x_test if x_train is None else x_train
+        self.y_train = self.y_test if y_train is None else torch.as_tensor(y_train)
+        self.num_classes = num_classes or int(self.y_train.max()) + 1
+
+    def test_images(self):
+        return self.x_test
+
+    def train_images(self):
+        return self.x_train
+
+
+def linear_logits(W):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(W.shape[1], W.shape[0], bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+    return model.eval()
+
+
+def test_gradient_norms_match_the_analytic_gradients_of_a_linear_model(rng):
+    W = rng.normal(size=(4, 6))
+    x = rng.uniform(size=(20, 1, 2, 3)).astype(np.float32)
+    y = rng.integers(0, 4, size=20)
+    out = evaluations.gradient_norms(linear_logits(W), Data(torch.tensor(x), y),
+                                     objectives=["ce", "margin"])
+    z = x.reshape(20, 6) @ W.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(4)[y]
+    ce = np.linalg.norm((p - onehot) @ W, axis=1)                      # ∇(−log p_y) = Wᵀ(p − e_y)
+    runner = np.where(onehot > 0, -np.inf, z).argmax(1)
+    margin = np.linalg.norm(W[runner] - W[y], axis=1)                 # ∇(z_j* − z_y)
+    np.testing.assert_allclose(np.asarray(out["norms"]["ce"]), ce, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["norms"]["margin"]), margin, rtol=1e-4)
+
+
+def far_cluster_model(distance):
+    """Identity features in 2-D, one cluster per class at ±distance, σ² = 1."""
+    clf = ClusterClassifier(torch.tensor([[distance, 0.0], [-distance, 0.0]]), torch.tensor([0, 1]), 1.0)
+    return ClusterModel(nn.Flatten(), clf).eval()
+
+
+def test_the_papers_objective_has_zero_gradient_where_the_scores_underflow():
+    x = torch.full((5, 1, 1, 2), 0.5)
+    y = torch.zeros(5, dtype=torch.long)
+    far = evaluations.gradient_norms(far_cluster_model(40.0), Data(x, y), objectives=["paper", "ce"])
+    # The scores exp(−d/2) underflow to 0 in float32 (d ≈ 1560 and 1640): the paper's
+    # objective is CE on a flat softmax and its gradient is exactly 0. In log space,
+    # −log p₀ = log(1 + e^{−(d₁−d₀)/2}) with (d₁−d₀)/2 = 40 and ∇_f (d₁−d₀)/2 = μ₀ − μ₁, so
+    # ‖∇‖ = σ(−40) · ‖μ₀ − μ₁‖ = 80 / (1 + e^{40}): tiny, but not zero.
+    assert all(n == 0 for n in far["norms"]["paper"])
+    np.testing.assert_allclose(far["norms"]["ce"], 80 / (1 + np.exp(40.0)), rtol=1e-3)
+    wrong = evaluations.gradient_norms(far_cluster_model(40.0), Data(x, y + 1), objectives=["ce"])
+    np.testing.assert_allclose(wrong["norms"]["ce"], 80.0, rtol=1e-5)  # −log p₁ ≈ 40 + …
+    near = evaluations.gradient_norms(far_cluster_model(1.0), Data(x, y), objectives=["paper"])
+    assert all(n > 0 for n in near["norms"]["paper"])
+    assert evaluations.tiny_share([0.0, 1e-9, 1.0]) == {"zero": pytest.approx(1 / 3),
+                                                        "tiny": pytest.approx(2 / 3)}
+
+
+def eq4_numpy(feats, centroids, classes, variance, d):
+    """Eq. (4) over the D nearest clusters, argmax, transcribed with NumPy."""
+    sq = ((feats[:, None] - centroids[None]) ** 2).sum(-1)
+    preds = []
+    for row in sq:
+        nearest = np.argsort(row)[:d]
+        scores = np.zeros(classes.max() + 1)
+        np.add.at(scores, classes[nearest], np.exp(-(row[nearest] - row[nearest].min()) / (2 * variance)))
+        preds.append(scores.argmax())
+    return np.array(preds)
+
+
+def test_clean_accuracy_by_d_matches_a_numpy_transcription_of_eq4(rng):
+    centroids = rng.normal(size=(12, 2)) * 2
+    classes = np.repeat(np.arange(3), 4)
+    feats = rng.normal(size=(60, 2)) * 2
+    y = rng.integers(0, 3, size=60)
+    clf = ClusterClassifier(torch.tensor(centroids, dtype=torch.float64), torch.tensor(classes), 3.0)
+    model = ClusterModel(nn.Flatten(), clf).eval()
+    out = evaluations.clean_accuracy_by_d(model, Data(torch.tensor(feats)[:, None, None, :], y),
+                                          d_values=[1, 2, 5, 12])
+    for d in (1, 2, 5, 12):
+        expected = (eq4_numpy(feats, centroids, classes, 3.0, d) == y).mean()
+        assert out["accuracy"][str(d)] == pytest.approx(expected)
+
+
+def test_image_certificate_on_a_linear_embedder_matches_theorem_1(rng):
+    W = rng.normal(size=(2, 12))
+    embedder = nn.Sequential(nn.Flatten(), nn.Linear(12, 2, bias=False))
+    with torch.no_grad():
+        embedder[1].weight.copy_(torch.tensor(W, dtype=torch.float32))
+    centroids = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0]])
+    classes = np.array([0, 1, 1])
+    model = ClusterModel(embedder, ClusterClassifier(torch.tensor(centroids, dtype=torch.float32),
+                                                     torch.tensor(classes), 1.0)).eval()
+    x = rng.uniform(size=(31, 3, 2, 2)).astype(np.float32)  # odd: one median
+    feats = x.reshape(31, 12) @ W.T
+    y = classes[((feats[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]   # all correct
+    out = evaluations.image_certificate(model, Data(torch.tensor(x), y), eps_linf=0.01)
+    L = np.linalg.svd(W, compute_uv=False)[0]
+    assert out["lipschitz_upper_bound"] == pytest.approx(L, rel=1e-5)
+    assert out["l2_radius_needed"] == pytest.approx(0.01 * np.sqrt(12))
+    sq = ((feats[:, None] - centroids[None]) ** 2).sum(-1)
+    one = sq.argmin(1)
+    radii = [min((sq[i, j] - sq[i, one[i]]) / (2 * L * np.linalg.norm(centroids[j] - centroids[one[i]]))
+                 for j in range(3) if classes[j] != classes[one[i]]) for i in range(31)]
+    assert out["sound"]["median_radius"] == pytest.approx(np.median(radii), rel=1e-4)
+    assert out["sound"]["certified_share"] == pytest.approx(np.mean(np.array(radii) > 0.01 * np.sqrt(12)))
+
+
+def test_kmeans_on_nominal_features_of_separated_classes_is_perfect(rng):
+    centres = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+    y = np.repeat(np.arange(3), 20)
+    feats = (centres[y] + rng.normal(size=(60, 2)) * 0.3).astype(np.float32)
+    head = WithHead(nn.Flatten(), 2, 3)
+    with torch.no_grad():
+        head.head.weight.copy_(torch.tensor(centres, dtype=torch.float32))
+        head.head.bias.zero_()
+    data = Data(torch.tensor(feats)[:, None, None, :], y)
+    out = evaluations.kmeans_on_nominal(head.eval(), data, clusters_per_class=2, num_nearest=4)
+    assert out["head_accuracy"] == 1.0 and out["eq4_d"] == 1.0 and out["nearest_cluster"] == 1.0
+    with pytest.raises(TypeError, match="WithHead"):
+        evaluations.kmeans_on_nominal(far_cluster_model(1.0), data, clusters_per_class=2, num_nearest=4)
+
+
+def test_masking_flags_raise_exactly_the_checks_that_hold():
+    labels = studies.ATTACK_LABELS
+    rows = [("ClusTR + QTRADES", labels["paper"], 70.0), ("ClusTR + QTRADES", labels["ce"], 69.0),
+            ("ClusTR + QTRADES", labels["margin"], 40.0), ("ClusTR + QTRADES", labels["autoattack"], 5.0),
+            ("ClusTR + QTRADES", labels["square"], 69.0),
+            ("TRADES", labels["ce"], 50.0), ("TRADES", labels["margin"], 49.5),
+            ("TRADES", labels["autoattack"], 48.5), ("TRADES", labels["square"], 60.0)]
+    frame = pd.DataFrame([{"method": m, "attack": a, "robust": r, "seed": 0} for m, a, r in rows])
+    grads = pd.DataFrame({"method": "ClusTR + QTRADES", "objective": "paper", "norm": [0.0, 0.0, 1.0, 2.0]})
+    flags = studies.masking_flags(frame, grads)
+    clustr, trades = flags.loc["ClusTR + QTRADES"], flags.loc["TRADES"]
+    assert clustr["a PGD objective beats the paper's"] and clustr["AutoAttack beats the paper's PGD"]
+    assert not clustr["Square alone beats the paper's PGD"]
+    assert clustr["zero gradients, paper's objective (%)"] == 50.0
+    assert clustr["strongest PGD"] == 40.0 and trades["PGD, paper's objective"] == 50.0
+    assert not trades["a PGD objective beats the paper's"] and not trades["AutoAttack beats the paper's PGD"]
+
+
+@pytest.fixture
+def study_copy(tmp_path):
+    """The recorded digits32 study's nominal and ClusTR + QTRADES runs of seed 0, copied."""
+    study = sources.digits32_study(ROOT)
+    src = ROOT / "results" / "digits32"
+    (tmp_path / "models").mkdir()
+    for method in ("nominal", "clustr_qtrades"):
+        for path in src.glob(f"digits32-{method}-s0-*.json"):
+            shutil.copy(path, tmp_path / path.name)
+        for path in (src / "models").glob(f"digits32-{method}-s0-*.pt"):
+            shutil.copy(path, tmp_path / "models" / path.name)
+    study.results_dir, study.seeds = tmp_path, 1
+    return study
+
+
+def test_evaluations_are_recorded_once_and_recomputed_when_asked(study_copy):
+    params = {"clusters_per_class": 2, "num_nearest": 20}
+    first = study_copy.evaluate("nominal", "kmeans_nominal", params)
+    assert len(study_copy.computed) == 1 and not study_copy.loaded
+    assert study_copy.evaluate("nominal", "kmeans_nominal", params) == first
+    assert len(study_copy.computed) == 1 and len(study_copy.loaded) == 1
+    study_copy.evaluate("nominal", "kmeans_nominal", {**params, "num_nearest": 4})
+    study_copy.evaluate("nominal", "kmeans_nominal", params, force=True)
+    assert len(study_copy.computed) == 3
+    assert len(list((study_copy.results_dir / "evaluations").glob("*.json"))) == 2
+    with pytest.raises(ValueError, match="unknown evaluation"):
+        study_copy.evaluate("nominal", "nope", {})
+
+
+def test_pgd_at_the_protocols_eps_is_read_from_the_run_not_recomputed(study_copy):
+    rows = studies.pgd_rows(study_copy, "clustr_qtrades", "paper")
+    recorded = study_copy.runs("clustr_qtrades")[0]["metrics"]
+    assert rows[0]["pgd100"] == pytest.approx(100 * recorded["pgd100_paper"])
+    assert rows[0]["pgd20"] == pytest.approx(100 * recorded["pgd20_paper"])
+    assert not study_copy.computed
+
+
+def test_a_paper_source_has_exactly_the_methods_of_the_papers_table():
+    cifar100 = sources.Source("c", "cifar100", "cifar100", {}, 1, Path("."), True, None)
+    assert "clustr" not in cifar100.methods and "clustr_qtrades" in cifar100.methods
+    with pytest.raises(ValueError, match="has no 'clustr' runs"):
+        cifar100.evaluate("clustr", "pgd", {})
+    assert cifar100.verdict(True, "full") == "reproduced"
+    stand_in = sources.Source("s", "digits32", "cifar10", {}, 1, Path("."), False, None)
+    assert stand_in.verdict(True, "full") == "not run at this scale"
