@@ -68,8 +68,9 @@ class Source:
     results_dir: Path
     at_scale: bool
     data: object
-    computed: list = field(default_factory=list)   # evaluations this process computed
-    loaded: list = field(default_factory=list)     # evaluations read from the record
+    record_only: bool = False   # raise instead of computing an evaluation that is not recorded
+    computed: list = field(default_factory=list)   # "label: file" of evaluations computed here
+    loaded: list = field(default_factory=list)     # "label: file" of evaluations read from the record
 
     @property
     def methods(self) -> list[str]:
@@ -117,15 +118,18 @@ class Source:
         if not force and path.exists():
             recorded = experiments.load_json(path)
             if recorded.get("key") == key:
-                self.loaded.append(path.name)
+                self.loaded.append(f"{self.label}: {path.name}")
                 return {"seed": config["seed"], "metrics": recorded["metrics"]}
+        if self.record_only:
+            raise LookupError(f"{self.label}: evaluation {name} {params} of {config['method']}, "
+                              f"seed {config['seed']} is not recorded ({path.name})")
         start = time.perf_counter()
         metrics = EVALUATIONS[name](self.model(result), self.data, **params)
         experiments.save_json(path, {
             "key": key, "config": config, "metrics": metrics,
             "provenance": experiments.provenance(device=self.data.y_train.device,
                                                  wall_seconds=time.perf_counter() - start)})
-        self.computed.append(path.name)
+        self.computed.append(f"{self.label}: {path.name}")
         return {"seed": config["seed"], "metrics": experiments._plain(metrics)}
 
     def describe(self) -> str:

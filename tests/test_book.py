@@ -101,6 +101,9 @@ def test_smoke_run_writes_results_with_provenance(built_book):
         result = json.loads((book.EXECUTED / f"{name}.json").read_text())
         assert result["profile"] == "smoke"
         assert {"git_commit", "device", "versions", "wall_seconds"} <= set(result["provenance"])
+        if "computed" in result:  # evaluation chapters: the digits32 study is read, never recomputed
+            assert not [n for n in result["computed"] if n.startswith("digits32 study:")], name
+            assert any(n.startswith("digits32 study:") for n in result["recorded"]), name
 
 
 def browser():
