@@ -12,6 +12,7 @@ from torch import nn
 
 from ._checks import as_float_tensor, as_label_tensor, check_choice, check_positive
 from .distances import squared_distances
+from .models import BasicBlock, Normalize
 
 REDUCTIONS = ("sound", "paper")
 
@@ -92,19 +93,10 @@ def mlp_lipschitz_upper_bound(mlp: nn.Module) -> float:
     """Product of the layers' spectral norms: an upper bound on an MLP's ℓ2 Lipschitz constant.
 
     Accepts an ``nn.Sequential`` (nested ones too) of ``nn.Linear`` and 1-Lipschitz
-    activations (``ReLU``, ``LeakyReLU`` with slope ≤ 1, ``Identity``, ``Flatten``).
+    activations (``ReLU``, ``LeakyReLU`` with slope ≤ 1, ``Identity``, ``Flatten``); the
+    rules are those of :func:`lipschitz_upper_bound`.
     """
-    bound = 1.0
-    for layer in (m for m in mlp.modules() if not isinstance(m, nn.Sequential)):
-        if isinstance(layer, nn.Linear):
-            bound *= spectral_norm(layer.weight)
-        elif isinstance(layer, (nn.ReLU, nn.Identity, nn.Flatten)):
-            continue
-        elif isinstance(layer, nn.LeakyReLU) and abs(layer.negative_slope) <= 1:
-            continue
-        else:
-            raise TypeError(f"no Lipschitz rule for layer {type(layer).__name__}")
-    return bound
+    return lipschitz_upper_bound(mlp)
 
 
 @torch.no_grad()
@@ -213,28 +205,26 @@ def lipschitz_upper_bound(module: nn.Module, input_size: int = 32) -> float:
     Composition multiplies bounds; a residual block ``relu(main(x) + shortcut(x))`` is
     bounded by ``L(main) + L(shortcut)``. Rules: convolutions
     (:func:`conv_lipschitz_upper_bound`), batch norm in eval mode (exact), the input
-    normalisation (``1 / min std``), ReLU (1), linear layers (exact spectral norm), and
-    global average pooling over ``H × W`` (exactly ``1/√(HW)``). Any other layer raises.
+    normalisation (``1 / min std``), ReLU and LeakyReLU with slope ≤ 1 (1), linear layers
+    (exact spectral norm), and global average pooling over ``H × W`` (exactly ``1/√(HW)``).
+    Any other layer raises.
     """
-    from .models import BasicBlock, Normalize
-
-    bound, size = _lipschitz(module, int(input_size), BasicBlock, Normalize)
-    return bound
+    return _lipschitz(module, int(input_size))[0]
 
 
-def _lipschitz(module, size, BasicBlock, Normalize):
+def _lipschitz(module, size):
     """``(bound, output spatial size)`` of ``module`` on ``size × size`` inputs."""
     if isinstance(module, nn.Sequential):
         bound = 1.0
         for layer in module:
-            factor, size = _lipschitz(layer, size, BasicBlock, Normalize)
+            factor, size = _lipschitz(layer, size)
             bound *= factor
         return bound, size
     if isinstance(module, BasicBlock):
         conv1, out = conv_lipschitz_upper_bound(module.conv1), _conv_size(module.conv1, size)
         main = (conv1 * batchnorm_lipschitz(module.bn1) * conv_lipschitz_upper_bound(module.conv2)
                 * batchnorm_lipschitz(module.bn2))
-        shortcut = _lipschitz(module.shortcut, size, BasicBlock, Normalize)[0] if len(module.shortcut) else 1.0
+        shortcut = _lipschitz(module.shortcut, size)[0] if len(module.shortcut) else 1.0
         return main + shortcut, out
     if isinstance(module, nn.Conv2d):
         return conv_lipschitz_upper_bound(module), _conv_size(module, size)
@@ -242,7 +232,8 @@ def _lipschitz(module, size, BasicBlock, Normalize):
         return batchnorm_lipschitz(module), size
     if isinstance(module, Normalize):
         return float(1.0 / module.std.detach().double().min()), size
-    if isinstance(module, (nn.ReLU, nn.Identity, nn.Flatten)):
+    if isinstance(module, (nn.ReLU, nn.Identity, nn.Flatten)) or (
+            isinstance(module, nn.LeakyReLU) and abs(module.negative_slope) <= 1):
         return 1.0, size
     if isinstance(module, nn.Linear):
         return spectral_norm(module.weight), size

@@ -69,6 +69,8 @@ class Source:
     at_scale: bool
     data: object
     record_only: bool = False   # raise instead of computing an evaluation that is not recorded
+    train_devices: set = field(default_factory=set)  # devices that trained the runs read
+    eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
     computed: list = field(default_factory=list)   # "label: file" of evaluations computed here
     loaded: list = field(default_factory=list)     # "label: file" of evaluations read from the record
 
@@ -91,9 +93,11 @@ class Source:
 
     def runs(self, method: str, force: bool = False) -> list[dict]:
         """The recorded result of ``method`` for every seed (trained only if missing)."""
-        return experiments.run_methods(self.dataset, [method], self.seeds, self.settings,
-                                       self.data, results_dir=self.results_dir,
-                                       models_dir=self.models_dir, force=force)
+        results = experiments.run_methods(self.dataset, [method], self.seeds, self.settings,
+                                          self.data, results_dir=self.results_dir,
+                                          models_dir=self.models_dir, force=force)
+        self.train_devices.update(r["provenance"]["device"] for r in results)
+        return results
 
     def model(self, result: dict):
         """The trained evaluation model of a recorded run."""
@@ -119,6 +123,7 @@ class Source:
             recorded = experiments.load_json(path)
             if recorded.get("key") == key:
                 self.loaded.append(f"{self.label}: {path.name}")
+                self.eval_devices.add(recorded["provenance"]["device"])
                 return {"seed": config["seed"], "metrics": recorded["metrics"]}
         if self.record_only:
             raise LookupError(f"{self.label}: evaluation {name} {params} of {config['method']}, "
@@ -130,6 +135,7 @@ class Source:
             "provenance": experiments.provenance(device=self.data.y_train.device,
                                                  wall_seconds=time.perf_counter() - start)})
         self.computed.append(f"{self.label}: {path.name}")
+        self.eval_devices.add(experiments.device_name(self.data.y_train.device))
         return {"seed": config["seed"], "metrics": experiments._plain(metrics)}
 
     def describe(self) -> str:
@@ -178,12 +184,30 @@ def banner(sources: list[Source], profile: str) -> str:
     lines = [f"Page built with profile `{profile}`. Evaluated:", ""]
     lines += [f"* {s.describe()}" for s in sources]
     if any(s.paper_dataset and not s.at_scale for s in sources):
-        lines = ["> **Not a reproduction.** The paper's datasets are replaced by a stand-in or "
-                 "the protocol is reduced in this build: those sections exercise the chapter's "
-                 "code end to end, their numbers say nothing about the paper's, and no verdict "
-                 "is drawn from them.", ""] + lines
+        warning = ("> **Not a reproduction.** The paper's datasets are replaced by a stand-in or "
+                   "the protocol is reduced in this build: those sections exercise the chapter's "
+                   "code end to end, their numbers say nothing about the paper's, and no verdict "
+                   "is drawn from them.")
+        lines = [warning, ""] + lines
     if any(s.paper_dataset is None for s in sources):
-        lines += ["", "The digits32 study's numbers are **our measurement** on a stand-in dataset "
-                  "(chapter 6: narrow ResNet-18, 3 seeds, the paper's attack protocol on 80 test "
-                  "points), recorded in `results/digits32/evaluations/`; they are not the paper's."]
+        note = ("The digits32 study's numbers are **our measurement** on a stand-in dataset "
+                "(chapter 6: narrow ResNet-18, 3 seeds, the paper's attack protocol on 80 test "
+                "points), recorded in `results/digits32/evaluations/`; they are not the paper's.")
+        lines += ["", note]
     return "\n".join(lines)
+
+
+def provenance_table(sources: list[Source], profile: str):
+    """Where a chapter's numbers come from, one row per source: profile, dataset, seeds, the
+    devices that trained the models and made the evaluations, and how many evaluations were
+    read from the record or computed while building the page."""
+    import pandas as pd
+
+    rows = []
+    for s in sources:
+        rows.append({"source": s.label, "profile": profile, "dataset": s.dataset,
+                     "seeds": s.seeds, "paper's protocol": s.at_scale,
+                     "trained on": ", ".join(sorted(s.train_devices)) or "—",
+                     "evaluated on": ", ".join(sorted(s.eval_devices)) or "(recorded in the runs)",
+                     "evaluations read": len(s.loaded), "evaluations computed": len(s.computed)})
+    return pd.DataFrame(rows).set_index("source")

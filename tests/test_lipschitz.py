@@ -6,8 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from clustr_lib.certify import (batchnorm_lipschitz, conv_lipschitz_upper_bound,
-                                lipschitz_upper_bound)
+from clustr_lib.certify import (
+    batchnorm_lipschitz,
+    conv_lipschitz_upper_bound,
+    lipschitz_upper_bound,
+)
 from clustr_lib.models import resnet18_embedder
 
 
