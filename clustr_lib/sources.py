@@ -211,3 +211,17 @@ def provenance_table(sources: list[Source], profile: str):
                      "evaluated on": ", ".join(sorted(s.eval_devices)) or "(recorded in the runs)",
                      "evaluations read": len(s.loaded), "evaluations computed": len(s.computed)})
     return pd.DataFrame(rows).set_index("source")
+
+
+def save_chapter_result(output_dir, chapter: str, profile: str, sources: list[Source],
+                        started: float, **content) -> Path:
+    """Write an evaluation chapter's JSON result: ``content`` (verdicts, rows), the
+    evaluations it read and computed, and its provenance (wall time since ``started``, a
+    ``time.perf_counter()`` value, and :func:`provenance_table`)."""
+    return experiments.save_json(Path(output_dir) / f"{chapter}.json", {
+        "chapter": chapter, "profile": profile, **content,
+        "computed": [n for s in sources for n in s.computed],
+        "recorded": [n for s in sources for n in s.loaded],
+        "provenance": experiments.provenance(
+            wall_seconds=time.perf_counter() - started,
+            sources=provenance_table(sources, profile).reset_index().to_dict(orient="records"))})
