@@ -208,16 +208,15 @@ def gradient_histograms(ax, frame, floor: float = 1e-12):
 
 
 def attack_path_curves(loss_ax, acc_ax, frame):
-    """Mean objective (normalised to its value at the start) and accuracy along one PGD run,
-    per objective."""
+    """Mean objective (symmetric-log axis: the objectives differ in sign and scale) and
+    accuracy along one PGD run, per objective."""
     for objective, group in frame.groupby("objective", sort=False):
         mean = group.groupby("iteration")[["mean_loss", "accuracy"]].mean()
-        start = mean["mean_loss"].iloc[0]
-        scale = abs(start) if start else 1.0
-        loss_ax.plot(mean.index, (mean["mean_loss"] - start) / scale, label=objective)
+        loss_ax.plot(mean.index, mean["mean_loss"], label=objective)
         acc_ax.plot(mean.index, mean["accuracy"], label=objective)
+    loss_ax.set_yscale("symlog", linthresh=1e-3)
     loss_ax.set_xlabel("PGD iteration")
-    loss_ax.set_ylabel("objective gain, relative to its start")
+    loss_ax.set_ylabel("mean objective (symlog)")
     acc_ax.set_xlabel("PGD iteration")
     acc_ax.set_ylabel("accuracy along the path (%)")
     acc_ax.set_ylim(0, 100)

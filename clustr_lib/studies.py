@@ -149,10 +149,10 @@ def gradient_summary(frame: pd.DataFrame) -> pd.DataFrame:
     and the median norm, per method and objective."""
     def summarise(group):
         shares = tiny_share(group["norm"])
-        return pd.Series({"points": len(group), "zero (%)": 100 * shares["zero"],
-                          "< 1.2e-7 (%)": 100 * shares["tiny"], "median norm": group["norm"].median()})
-    return (frame.groupby(["method", "objective"], sort=False)[["norm"]]
-            .apply(summarise).round(4))
+        return pd.Series({"points": len(group), "zero (%)": round(100 * shares["zero"], 2),
+                          "< 1.2e-7 (%)": round(100 * shares["tiny"], 2),
+                          "median norm": f"{group['norm'].median():.2e}"}, dtype=object)
+    return frame.groupby(["method", "objective"], sort=False)[["norm"]].apply(summarise)
 
 
 def attack_paths(source, method: str, objectives, steps: int | None = None) -> pd.DataFrame:
