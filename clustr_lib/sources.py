@@ -139,7 +139,7 @@ class Source:
         return {"seed": config["seed"], "metrics": experiments._plain(metrics)}
 
     def describe(self) -> str:
-        """One line: what this source is and where its models were trained."""
+        """One line: what this source is, at which scale, and where its results are recorded."""
         scale = ("the paper's protocol" if self.at_scale else
                  "**not a reproduction** (stand-in data or a reduced protocol)")
         return (f"**{self.label}**: {self.dataset}, {self.seeds} seed(s), {scale}; "
