@@ -1,5 +1,6 @@
 """Paper-vs-ours tables and the protocol settings."""
 
+import pandas as pd
 import pytest
 
 from clustr_lib import paper, tables
@@ -39,3 +40,23 @@ def test_settings_resolve_per_dataset_values_and_refuse_unknown_keys():
     with pytest.raises(ValueError, match="unknown protocol setting"):
         paper.settings("cifar10", {"widht": 8})
     assert paper.accuracy_table("cifar100")["ClusTR + QTRADES"]["pgd100"] == 52.40
+
+
+def test_eps_table_puts_the_papers_values_next_to_our_means():
+    frame = pd.DataFrame([
+        {"eps_255": e, "objective": o, "seed": s, "pgd20": v + s, "pgd100": v + s - 1}
+        for e, v in ((2.0, 80.0), (16.0, 50.0)) for o in ("paper", "ce") for s in (0, 2)])
+    table = tables.eps_table(frame, {2: (81.99, 81.54), 16: (57.67, 57.05)})
+    assert list(table.index) == [2.0, 16.0]
+    assert table.loc[16.0, "paper PGD-100"] == 57.05 and table.loc[2.0, "paper PGD-20"] == 81.99
+    assert table.loc[2.0, "ours PGD100, paper"] == 80.0  # mean of 79 and 81
+    assert table.loc[16.0, "ours PGD20, ce"] == 51.0
+
+
+def test_mean_sd_table_formats_each_cell_over_seeds():
+    frame = pd.DataFrame({"method": ["A", "A", "B"], "attack": ["x", "x", "x"], "seed": [0, 1, 0],
+                          "robust": [10.0, 20.0, 5.0]})
+    table = tables.mean_sd_table(frame, "method", "attack", "robust")
+    assert table.loc["A", "x"] == "15.00 ± 7.07" and table.loc["B", "x"] == "5.00"
+    two = pd.concat([frame, pd.DataFrame({"method": ["A"], "attack": ["y"], "seed": [0], "robust": [1.0]})])
+    assert tables.mean_sd_table(two, "method", "attack", "robust").loc["B", "y"] == "—"
