@@ -189,6 +189,7 @@ def certificate(source, methods=("clustr_qtrades", "clustr")) -> pd.DataFrame:
                          "median radius (sound)": m["sound"]["median_radius"],
                          "median radius (paper)": m["paper"]["median_radius"],
                          "ℓ2 radius needed": m["l2_radius_needed"],
+                         "median ℓ∞ radius certified": m["median_linf_certified"],
                          "certified at 8/255 (%)": 100 * m["sound"]["certified_share"],
                          "certified at 8/255, paper's reduction (%)": 100 * m["paper"]["certified_share"],
                          "nearest-cluster accuracy (%)": 100 * m["nearest_cluster_accuracy"]})
