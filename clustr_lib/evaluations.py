@@ -146,6 +146,7 @@ def kmeans_on_nominal(model, data, *, clusters_per_class: int, num_nearest: int,
                       seed: int = 0) -> dict:
     """App. B.1 (E.1 in arXiv v2): per-class k-means on the penultimate features of a
     *nominally* trained network, then Eq. (4), against the network's own linear head."""
+    from .certify import nearest_cluster_predict
     from .magnet import ClusterIndex
     from .train import embed_all
 
@@ -166,10 +167,8 @@ def kmeans_on_nominal(model, data, *, clusters_per_class: int, num_nearest: int,
         out[label] = float((log_p.argmax(1) == data.y_test).double().mean())
         # Eq. (4) with this σ² can saturate: how often is the top probability exactly 1?
         out[f"{label}_saturated_share"] = float((log_p.max(1).values == 0).double().mean())
-    with torch.no_grad():
-        nearest = index.centroid_classes_.to(test_feats.device)[
-            torch.cdist(test_feats, index.centroids_.to(test_feats.device)).argmin(1)]
-    out["nearest_cluster"] = float((nearest == data.y_test).double().mean())
+    nearest = nearest_cluster_predict(test_feats, index.centroids_, index.centroid_classes_)
+    out["nearest_cluster"] = float((nearest.cpu() == data.y_test.cpu()).double().mean())
     return out
 
 

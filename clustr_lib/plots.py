@@ -90,17 +90,12 @@ def bisector_example(ax, point, centroids, classes, radii: dict, extent=(-1, 4, 
 
 def method_bars(ax, frame, columns: dict, order=None):
     """Grouped bars per method: mean over seeds with min–max whiskers (``columns``: name → label)."""
-    methods = order or list(dict.fromkeys(frame["method"]))
-    width = 0.8 / len(columns)
-    for k, (column, label) in enumerate(columns.items()):
-        stats = frame.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods)
-        pos = np.arange(len(methods)) + (k - (len(columns) - 1) / 2) * width
-        ax.bar(pos, stats["mean"], width, label=label,
-               yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=2)
-    ax.set_xticks(np.arange(len(methods)))
-    ax.set_xticklabels(methods, rotation=20, ha="right")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    long = frame.melt(id_vars=["method", "seed"], value_vars=list(columns), var_name="measure",
+                      value_name="accuracy")
+    long["measure"] = long["measure"].map(columns)
+    grouped_bars(ax, long, "method", "measure", "accuracy", order=order,
+                 hue_order=list(columns.values()))
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=20, ha="right")
     ax.legend(fontsize=8)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluations import tiny_share
-from .experiments import METHODS
+from .experiments import CLUSTER_METHODS, METHODS
 
 
 def pgd_params(settings: dict, **changes) -> dict:
@@ -109,7 +109,7 @@ def attack_comparison(source, methods, autoattack_methods) -> pd.DataFrame:
     methods = [m for m in methods if m in source.methods]
     rows = []
     for method in methods:
-        cluster = method in ("magnet", "clustr", "clustr_qtrades")
+        cluster = method in CLUSTER_METHODS
         for objective in ("paper", "ce", "margin") + (("magnet",) if cluster else ()):
             if objective == "paper" and not cluster:
                 continue  # for a CE network the paper's objective is −log p_y
@@ -128,6 +128,13 @@ def attack_comparison(source, methods, autoattack_methods) -> pd.DataFrame:
                                  "robust": 100 * after[attacks[-1]],
                                  **{f"after_{a}": 100 * after[a] for a in attacks}})
     return pd.DataFrame(rows)
+
+
+def attack_mean(comparison: pd.DataFrame, attack: str, method: str = "ClusTR + QTRADES",
+                column: str = "robust") -> float:
+    """Mean over seeds of ``column`` for one attack (a key of :data:`ATTACK_LABELS`) and method
+    of an :func:`attack_comparison` frame (NaN when absent)."""
+    return mean_of(comparison, column, method=method, attack=ATTACK_LABELS[attack])
 
 
 def gradient_norms(source, method: str, objectives) -> pd.DataFrame:
