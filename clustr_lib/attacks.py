@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from pyautoattack import AutoAttack
 from torch import nn
 
-from ._checks import as_label_tensor, check_choice, check_positive
+from .checks import as_label_tensor, check_choice, check_positive
 from .classify import ClusterModel
 from .magnet import magnet_loss_fixed_clusters
 
@@ -330,8 +331,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y, *, eps: float, norm: str = 
     in ``extra["robust_after"]``. A ClusterModel's log-probabilities serve as the
     logits (see :class:`FiniteLogits`).
     """
-    from pyautoattack import AutoAttack
-
     y, eps_vec = _check_attack_inputs(x, y, eps, norm)
     unknown = set(attacks) - set(STANDARD_AUTOATTACK)
     if unknown:

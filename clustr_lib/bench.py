@@ -31,10 +31,10 @@ import torch
 
 from .attacks import pgd
 from .classify import ClusterClassifier
-from .experiments import device_name, provenance, resolve_device, save_json
 from .magnet import ClusterIndex
 from .models import WithHead, resnet18_embedder
-from .train import _nominal_step, embed_all, magnet_step
+from .records import device_name, provenance, resolve_device, save_json
+from .train import embed_all, magnet_step, nominal_step
 
 
 def _sync(device):
@@ -65,7 +65,7 @@ def bench_training(device, repeats: int) -> dict:
     for batch in (256, 240):
         x = torch.rand(batch, 3, 32, 32, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
-        seconds = _time(lambda: _nominal_step(net, optimizer, x, y, None), device, repeats)
+        seconds = _time(lambda: nominal_step(net, optimizer, x, y, None), device, repeats)
         out[f"ce_step_batch{batch}_images_per_s"] = batch / seconds
     # a neighbourhood batch: 12 clusters x 20 samples, 2 clusters per class
     cluster_ids = torch.arange(12).repeat_interleave(20)

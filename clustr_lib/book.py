@@ -14,15 +14,17 @@ import sys
 import time
 from pathlib import Path
 
+import papermill
 import yaml
+from papermill.exceptions import PapermillExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 PROFILES = NOTEBOOKS / "profiles.yml"
 EXECUTED = ROOT / "book" / "chapters"
 DEFAULT_PROFILE = "smoke"
-# parameters the runner itself passes: to every notebook, and to those that declare them
-RUNNER_PARAMETERS = ("profile", "output_dir")
+# the runner passes `profile` and `output_dir` to every notebook, and these to those that
+# declare them
 OPTIONAL_RUNNER_PARAMETERS = {"repo_root": str(ROOT)}
 
 
@@ -46,7 +48,6 @@ def chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
 
 def declared_parameters(notebook: Path) -> set[str]:
     """Names defined in a notebook's ``parameters`` cell (via papermill)."""
-    import papermill
 
     return set(papermill.inspect_notebook(str(notebook)))
 
@@ -119,8 +120,6 @@ def _environment(**values):
 
 def _execute(chapter, params, profile, notebooks, output_dir, interactive, out):
     """Run one notebook; return ``(chapter, seconds)`` or raise naming the failing cell."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
 
     target = output_dir / f"{chapter}.ipynb"
     start = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import as_float_tensor, as_label_tensor, check_choice, check_positive
+from .checks import as_float_tensor, as_label_tensor, check_choice, check_positive
 from .distances import squared_distances
 from .models import BasicBlock, Normalize
 

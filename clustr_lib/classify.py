@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import as_float_tensor, as_label_tensor, check_positive
+from .checks import as_float_tensor, as_label_tensor, check_positive
 from .distances import squared_distances
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import make_circles, make_moons
+import torchvision.datasets as tvd
+from sklearn.datasets import load_digits, make_circles, make_moons
+from sklearn.model_selection import train_test_split
 
-from ._checks import check_choice, check_positive
+from .checks import check_choice, check_positive
 
 SYNTHETIC_2D = ("moons", "circles")
 
@@ -53,7 +55,6 @@ def train_test_2d(name: str, n_train: int, n_test: int, noise: float = 0.1, seed
 # Image datasets (Sec. 4.2, App. D), held as uint8 tensors on the training device.
 
 IMAGE_DATASETS = ("cifar10", "cifar100", "svhn", "digits32")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits32": 10}
 # App. D: random 32x32 crops with padding 4 on CIFAR; no augmentation on SVHN. The paper
 # mentions no flips, so none are used. digits32 (our CPU stand-in) is not augmented:
 # shifted digits are other digits' strokes at this size.
@@ -123,8 +124,6 @@ def random_crop(x: torch.Tensor, padding: int = 4, generator=None) -> torch.Tens
 
 
 def _torchvision_split(name: str, root: Path, train: bool):
-    import torchvision.datasets as tvd
-
     if name == "svhn":
         ds = tvd.SVHN(str(root), split="train" if train else "test", download=True)
         return torch.from_numpy(ds.data), torch.as_tensor(ds.labels) % 10
@@ -135,9 +134,6 @@ def _torchvision_split(name: str, root: Path, train: bool):
 
 def _digits32(train: bool):
     """scikit-learn's 1,797 8×8 digits, upsampled to 32×32×3 (fixed stratified split)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)

@@ -4,8 +4,9 @@ image scale and k-means on nominal features.
 
 Each function takes the model, the dataset and plain JSON parameters and returns plain JSON
 metrics, so that :meth:`clustr_lib.sources.Source.evaluate` can record its result by the hash
-of its parameters. Attacked points are the first ``eval_size`` test images, as in
-:func:`clustr_lib.experiments.evaluate`.
+of its parameters. Attacked points are the first ``eval_size`` test images. These are the only
+PGD and AutoAttack entry points above :mod:`clustr_lib.attacks`: a run's own protocol PGD
+(:func:`clustr_lib.runs.evaluate`) is :func:`pgd_accuracy` too.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import numpy as np
 import torch
 
 from .attacks import attack_objective, autoattack, evaluating, pgd, predict
+from .certify import certified_radius, lipschitz_upper_bound, nearest_cluster_predict
 from .classify import ClusterClassifier, ClusterModel
+from .magnet import ClusterIndex
 from .models import WithHead
+from .train import embed_all
 
 
 def attacked_points(data, eval_size: int | None):
@@ -95,7 +99,6 @@ def attack_path(model, data, *, eps: float, step_size: float, steps: int, object
 
 def clean_accuracy_by_d(model, data, *, d_values) -> dict:
     """Clean test accuracy of Eq. (4) restricted to each D (one embedding pass)."""
-    from .train import embed_all
 
     with evaluating(model):
         with torch.no_grad():
@@ -117,9 +120,6 @@ def image_certificate(model, data, *, eps_linf: float, eval_size=None) -> dict:
     threat model only if its radius exceeds that. Also reports the median radius and
     the ℓ∞ radius it would certify (``r / √d``).
     """
-    from .certify import certified_radius, lipschitz_upper_bound, nearest_cluster_predict
-    from .train import embed_all
-
     x, y = attacked_points(data, eval_size)
     with evaluating(model):
         lipschitz = lipschitz_upper_bound(model.embedder, input_size=x.shape[-1])
@@ -146,10 +146,6 @@ def kmeans_on_nominal(model, data, *, clusters_per_class: int, num_nearest: int,
                       seed: int = 0) -> dict:
     """App. B.1 (E.1 in arXiv v2): per-class k-means on the penultimate features of a
     *nominally* trained network, then Eq. (4), against the network's own linear head."""
-    from .certify import nearest_cluster_predict
-    from .magnet import ClusterIndex
-    from .train import embed_all
-
     if not isinstance(model, WithHead):
         raise TypeError("k-means on nominal features needs a cross-entropy network (WithHead)")
     with evaluating(model), torch.no_grad():

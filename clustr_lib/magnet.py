@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from ._checks import as_float_tensor, as_label_tensor, check_positive
+from .checks import as_float_tensor, as_label_tensor, check_positive
 from .distances import squared_distances
 
 
@@ -268,6 +268,10 @@ class NeighbourhoodSampler:
                                              replace=False) for c in chosen]
         indices = order[np.concatenate(picks)]
         return MagnetBatch(indices=indices, cluster_ids=self.index.assignments_.numpy()[indices])
+
+    def forget_members(self) -> None:
+        """Drop the cached cluster membership (after the index was restored from a checkpoint)."""
+        self._members_for = None
 
     def _members_by_cluster(self):
         """Samples sorted by cluster, with each cluster's start and size (cached per refresh)."""

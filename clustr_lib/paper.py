@@ -1,10 +1,13 @@
 """The paper's reported numbers, as data, in one place (arXiv 2006.07682 v2; the BMVC
-2021 version reports the same tables), plus the external records the book compares with.
+2021 version reports the same tables), the external records the book compares with, and
+:data:`CLAIMS`: every claim the book judges, with the measurement that judges it.
 
 All accuracies are percentages; times are minutes on a GTX 1080Ti.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 # Table 1: natural and ε = 8/255 PGD accuracy (10 restarts, step 2/255) on CIFAR-10 and SVHN.
 TABLE1 = {
@@ -79,67 +82,6 @@ KMEANS_ON_NOMINAL = {"nominal_accuracy": 95.0, "kmeans_eq4_accuracy": 21.6}
 ROBUSTBENCH_CLUSTR = {"clean": 91.03, "reported": 74.04, "autoattack": 0.00}
 FOLLOWUP_AUTOATTACK_RANGE = (0.1, 0.8)  # Bhardwaj et al. (2022), QTRADES variants
 
-# Hyper-parameters of App. D and the BMVC version's implementation details.
-ALPHA = {("cifar10", "ClusTR"): 12.5, ("cifar10", "ClusTR + QTRADES"): 12.5,
-         ("svhn", "ClusTR"): 13.0, ("svhn", "ClusTR + QTRADES"): 10.0,
-         ("cifar100", "ClusTR + QTRADES"): 8.5}
-QTRADES_LAMBDA = {"cifar10": 8.0, "svhn": 9.7, "cifar100": 2.0}
-
-VERDICTS = ("reproduced", "not reproduced", "not run at this scale")
-
-
-def verdict(holds: bool, profile: str, scale_profiles=("full",)) -> str:
-    """Verdict on a claim: drawn only from a profile at the paper's scale."""
-    if profile not in scale_profiles:
-        return "not run at this scale"
-    return "reproduced" if holds else "not reproduced"
-
-
-# The paper's training and evaluation protocol (App. D; DESIGN.md), one dict with a comment
-# per value. Profiles override entries for smaller runs; `settings()` merges them.
-PROTOCOL = {
-    "width": 64,                     # ResNet-18 base width: 512-d embedding
-    "batch_size": 256,               # cross-entropy batch size (warm start and baselines)
-    "ce_epochs": 90,                 # warm-start epochs (Adam)
-    "ce_lr": 1e-2,                   # warm-start learning rate
-    "ce_milestones": [30, 60],       # lr x0.1 at these epochs
-    "magnet_epochs": {"cifar10": 30, "svhn": 60, "cifar100": 60, "digits32": 30},
-    "magnet_lr": 1e-4,               # Magnet fine-tuning learning rate (Adam)
-    "clusters_per_class": 2,         # K
-    "clusters_per_batch": 12,        # M
-    "samples_per_cluster": 20,       # D of the sampler (batch 240)
-    "alpha": {"cifar10": 12.5, "svhn": 13.0, "cifar100": 8.5, "digits32": 12.5},
-    "alpha_qtrades": {"cifar10": 12.5, "svhn": 10.0, "cifar100": 8.5, "digits32": 12.5},
-    "qtrades_lambda": {"cifar10": 8.0, "svhn": 9.7, "cifar100": 2.0, "digits32": 8.0},
-    "qtrades_eps": 8 / 255,          # QTRADES noise and projection radius
-    "qtrades_step": 10 / 255,        # QTRADES step (the public code's value)
-    "qtrades_loss": "ce",            # Eq. 5's CE(p(x_adv), p(x)); "kl": TRADES' KL(p(x) || p(x_adv)),
-                                     # the same minus the entropy of p(x)
-    "free_replays": 8,               # Free AT minibatch replays m (epochs divided by m)
-    "trades_beta": 6.0,              # TRADES β
-    "trades_steps": 10,              # TRADES inner PGD steps
-    "trades_step": 2 / 255,          # TRADES inner step size
-    "num_nearest": 20,               # D of Eq. (4) in the tables
-    "eps": 8 / 255,                  # PGD radius (ℓ∞)
-    "pgd_step": 2 / 255,             # PGD step size
-    "pgd_restarts": 10,              # random restarts
-    "pgd_steps": [20, 100],          # PGD-20 and PGD-100 (read off one 100-step run)
-    "pgd_restarts_per_pass": None,   # restarts side by side (None: all; 1: one at a time,
-                                     # each attacking only the points still robust)
-    "pgd_objectives": ["paper", "ce"],  # the paper's objective and -log p_y
-    "eval_size": None,               # test points attacked (None: the whole test set)
-}
-
-
-def settings(dataset: str, overrides: dict | None = None) -> dict:
-    """The protocol for ``dataset`` (per-dataset entries resolved), with ``overrides``."""
-    merged = {**PROTOCOL, **(overrides or {})}
-    unknown = set(overrides or {}) - set(PROTOCOL)
-    if unknown:
-        raise ValueError(f"unknown protocol setting(s): {', '.join(sorted(unknown))}")
-    return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in merged.items()}
-
-
 def accuracy_table(dataset: str) -> dict:
     """The paper's natural/PGD table for ``dataset`` (Table 1, or Table 3 for CIFAR-100)."""
     tables = {**TABLE1, **TABLE3}
@@ -148,6 +90,90 @@ def accuracy_table(dataset: str) -> dict:
     return tables[dataset]
 
 
-def close_to(ours: float, reported: float, tolerance: float = 3.0) -> bool:
-    """Our mean within ``tolerance`` accuracy points of the paper's value."""
-    return abs(ours - reported) <= tolerance
+# ---------------------------------------------------------------------------------------
+# The claims the book judges. Each names the chapter whose JSON result holds the measurement
+# (``measurements[scope][path]``, a dotted path) and the rule that judges it
+# (:func:`clustr_lib.verdicts.holds`): ``within`` (|ours − value| ≤ tolerance, every entry of
+# a dict), ``at_least`` (ours ≥ value − tolerance), ``at_most`` (ours ≤ value + tolerance),
+# ``true`` (a yes/no measurement), ``None`` (measured, no verdict: an audit question the
+# paper does not answer with a number).
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper (or one question of the audit) and how the book judges it."""
+
+    id: str                      # C1, C2, …
+    statement: str               # the claim, in the paper's terms
+    where: str                   # where the paper makes it
+    value: float | dict | None   # the paper's number (a dict: one per setting), if any
+    rule: str | None             # within | at_least | at_most | true | None
+    tolerance: float             # accuracy points (or the unit of ``value``)
+    chapter: str                 # the chapter that measures it
+    scope: str                   # "2d", a paper dataset, or "study"
+    measurement: str             # dotted path into the chapter's measurements[scope]
+    also: dict = field(default_factory=dict)  # label → path: values shown next to it
+    study_chapter: str | None = None  # where the digits32 study measures the same (default: chapter)
+    audit: bool = False          # a question of the audit, not a statement of the paper
+    unit: str = "%"
+
+
+def _benchmark_claims() -> list[Claim]:
+    chapters = {"cifar10": ("03_cifar10", "Table 1"), "svhn": ("04_svhn", "Table 1"),
+                "cifar100": ("05_cifar100", "Table 3")}
+    path = "per_method.ClusTR + QTRADES.{}"
+    return [Claim(f"C{7 + i}", f"ClusTR + QTRADES keeps {accuracy_table(d)['ClusTR + QTRADES']['pgd100']:.2f}% "
+                  f"under PGD-100 (ε = 8/255) on {d}", where,
+                  accuracy_table(d)["ClusTR + QTRADES"]["pgd100"], "within", 3.0, chapter, d,
+                  path.format("pgd100_paper"), {"−log p_y": path.format("pgd100_ce")},
+                  study_chapter="06_digits32_study")
+            for i, (d, (chapter, where)) in enumerate(chapters.items())]
+
+
+CLAIMS = [
+    Claim("C1", "Theorem 1 is sound: no perturbation inside the certified radius changes the "
+          "prediction (share of points whose exact distance ≥ radius, worst Lipschitz estimate)",
+          "Theorem 1", 100.0, "at_least", 0.0, "01_certificate_2d", "2d", "sound_min"),
+    Claim("C2", "Theorem 1's radius is tight (median certified / exact distance, product bound; "
+          "we call ≥ 0.9 tight)", "App. C", 1.0, "at_least", 0.1, "01_certificate_2d", "2d",
+          "tight_product", unit=""),
+    Claim("C3", "With several clusters per class the radius reduces to the two nearest centroids "
+          "of different classes (share of points where that radius exceeds the exact distance)",
+          "App. A.1", 0.0, "at_most", 0.0, "01_certificate_2d", "2d", "paper_overstates"),
+    Claim("C4", "Magnet and ClusTR both reach 99% test accuracy on the synthetic sets (lowest "
+          "mean over methods and sets)", "Sec. 4.1", 99.0, "at_least", 1.0, "02_warm_start_2d",
+          "2d", "min_accuracy"),
+    Claim("C5", "Warm start gives higher certified accuracy at every radius (on every seed and set)",
+          "Fig. 3(b), (d)", None, "true", 0.0, "02_warm_start_2d", "2d", "certified_agrees",
+          unit=""),
+    Claim("C6", "The larger certified radius of warm start means a more robust model (exact "
+          "robust accuracy higher on every seed and set)", "Sec. 4.1", None, "true", 0.0,
+          "02_warm_start_2d", "2d", "exact_agrees", audit=True, unit=""),
+    *_benchmark_claims(),
+    *[Claim(f"C{10 + i}", f"Table 4 on {d}: ClusTR + QTRADES under PGD-100 at ε ∈ {{2, 8, 16, "
+            f"25.5}}/255 (every ε)", "Table 4", {e: v[1] for e, v in table4(d).items()}, "within",
+            3.0, "07_eps_ablation", d, "pgd100.paper", {"at 25.5/255, −log p_y": "eps_max_ce"})
+      for i, d in enumerate(("cifar10", "svhn", "cifar100"))],
+    *[Claim(f"C{13 + i}", f"Fig. 4 on {d}: the best PGD-20 of ClusTR + QTRADES over D is "
+            f"{D_ABLATION[d]['best_pgd20']:.2f}% (at D = {D_ABLATION[d]['best_D']})", "Fig. 4, App. E.4",
+            D_ABLATION[d]["best_pgd20"], "within", 3.0, "08_d_ablation", d, "best",
+            {"at D": "best_d"}) for i, d in enumerate(("cifar10", "svhn", "cifar100"))],
+    *[Claim(f"C{16 + i}", f"The Magnet-loss attack takes ClusTR + QTRADES on {d} from "
+            f"{ADAPTIVE[d]['pgd100']:.2f}% to {ADAPTIVE[d]['adaptive']:.2f}%", "Sec. 4.2",
+            ADAPTIVE[d]["adaptive"], "within", 3.0, "09_adaptive_attack", d, "magnet",
+            {"paper's objective": "paper", "−log p_y": "ce"}) for i, d in enumerate(("cifar10", "svhn"))],
+    *[Claim(f"C{18 + i}", f"ClusTR + QTRADES' {accuracy_table(d)['ClusTR + QTRADES']['pgd100']:.2f}% "
+            f"on {d} holds under AutoAttack (RobustBench, CIFAR-10: "
+            f"{ROBUSTBENCH_CLUSTR['autoattack']:.2f}%)", "audit of Table 1/3",
+            accuracy_table(d)["ClusTR + QTRADES"]["pgd100"], "within", 3.0, "10_audit", d,
+            "autoattack", {"paper's PGD": "paper"}, audit=True)
+      for i, d in enumerate(("cifar10", "svhn", "cifar100"))],
+    Claim("C21", "Theorem 1 certifies the image models against the 8/255 ℓ∞ ball (the paper "
+          "computes no radius for them; share of attacked points certified)", "audit of Theorem 1",
+          None, None, 0.0, "10_audit", "cifar10", "certified",
+          {"median radius": "radius", "radius needed": "needed"}, audit=True),
+    Claim("C22", f"k-means + Eq. 4 on nominal CIFAR-10 features falls from "
+          f"{KMEANS_ON_NOMINAL['nominal_accuracy']:.1f}% to {KMEANS_ON_NOMINAL['kmeans_eq4_accuracy']:.1f}%",
+          "App. B.1", KMEANS_ON_NOMINAL["kmeans_eq4_accuracy"], "within", 3.0, "11_kmeans_nominal",
+          "cifar10", "kmeans", {"linear head": "head"}),
+]

@@ -5,23 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .experiments import METHODS
+from .paper import FOLLOWUP_AUTOATTACK_RANGE, ROBUSTBENCH_CLUSTR
+from .protocol import METHODS
 
 COLUMNS = {"natural": "clean_accuracy", "pgd20": "pgd20_paper", "pgd100": "pgd100_paper"}
-
-
-def runs_frame(results: list[dict]) -> pd.DataFrame:
-    """One row per run: method, seed, accuracies (%), training minutes."""
-    rows = []
-    for r in results:
-        m = r["metrics"]
-        rows.append({"method": METHODS[r["config"]["method"]], "seed": r["config"]["seed"],
-                     **{k: 100 * v for k, v in m.items() if k.startswith(("clean_accuracy", "pgd"))
-                        and not k.startswith("clean_accuracy_eval")},
-                     "clean_attacked": 100 * m.get("clean_accuracy_eval_ce", np.nan),
-                     "train_minutes": r["training"]["seconds"] / 60,
-                     "device": r["provenance"]["device"]})
-    return pd.DataFrame(rows)
 
 
 def _mean_sd(values: pd.Series) -> str:
@@ -102,8 +89,6 @@ def mean_sd_table(frame: pd.DataFrame, index: str, columns: str, value: str) -> 
 def external_records(ours: dict) -> pd.DataFrame:
     """ClusTR + QTRADES on CIFAR-10 (ε = 8/255) as others recorded it, next to ``ours``:
     ``{row label: (clean, PGD as reported, AutoAttack)}``."""
-    from .paper import FOLLOWUP_AUTOATTACK_RANGE, ROBUSTBENCH_CLUSTR
-
     low, high = FOLLOWUP_AUTOATTACK_RANGE
     rows = {"paper (Table 1, PGD-100)": ("91.03", "74.04", "—"),
             "RobustBench entry": (f"{ROBUSTBENCH_CLUSTR['clean']:.2f}",

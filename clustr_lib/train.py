@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_positive, progress_enabled
+from .checks import check_choice, check_positive, progress_enabled
 from .attacks import project, qtrades_adversary, soft_cross_entropy
 from .classify import ClusterClassifier, ClusterModel
 from .magnet import ClusterIndex, NeighbourhoodSampler, magnet_loss
@@ -136,7 +136,7 @@ def _run_epochs(desc, epochs, model, optimizer, scheduler, generators, one_epoch
 STEPS = ("nominal", "qtrades", "trades", "free_at")
 
 
-def _nominal_step(model, optimizer, x, y, generator, **_):
+def nominal_step(model, optimizer, x, y, generator, **_):
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
@@ -233,7 +233,7 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
     check_positive(lr, "lr")
     if int(epochs) < 0 or int(batch_size) < 1:
         raise ValueError("epochs must be >= 0 and batch_size >= 1")
-    step_fn = {"nominal": _nominal_step, "qtrades": _qtrades_step, "trades": _trades_step,
+    step_fn = {"nominal": nominal_step, "qtrades": _qtrades_step, "trades": _trades_step,
                "free_at": _free_at_step}[step]
     step_args = dict(step_args or {})
     y_all = data.y_train
@@ -317,7 +317,7 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
         index.refreshes_ = int(state["refreshes"])
         sampler.sample_losses = state["sample_losses"].numpy().copy()
         sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
-        sampler._members_for = None  # the cached cluster membership is stale
+        sampler.forget_members()  # the cached cluster membership is stale
 
     history = _run_epochs("magnet", epochs, embedder, optimizer, None, generators, one_epoch,
                           Checkpoint(checkpoint), progress, extra_state, restore_extra)

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .certify import (certified_accuracy, certified_radius, max_jacobian_norm,
                       minimal_adversarial_distance_2d, mlp_lipschitz_upper_bound,
                       nearest_cluster_predict)
-from .magnet import ClusterIndex
+from .checks import progress_enabled
 from .data import TensorData
+from .magnet import ClusterIndex
 from .models import WithHead, mlp_2d
 from .train import embed_all, train_cross_entropy, train_magnet
 
@@ -95,11 +97,6 @@ def exact_distances_2d(model: Trained2D, x: torch.Tensor, max_radius: float,
                                            n_angles=n_angles, n_radii=n_radii).float()
 
 
-def certified_curve(model: Trained2D, x, y, lipschitz: float, thresholds) -> np.ndarray:
-    """Certified accuracy (Theorem 1, sound reduction) at each radius in ``thresholds``."""
-    return certified_accuracy(radii_2d(model, x, lipschitz), model.predict(x) == y, thresholds)
-
-
 def robust_curve(exact: torch.Tensor, correct: torch.Tensor, thresholds) -> np.ndarray:
     """Exact robust accuracy at each radius: correct and minimal distance above ``r``."""
     return certified_accuracy(exact, correct, thresholds)
@@ -119,10 +116,6 @@ def warm_start_study(train, test, *, seeds: int, thresholds, n_exact: int, exact
     points). Returns ``(rows, curves)``: a list of per-run dicts and
     ``{method: {"certified": [seeds, radii], "exact": [seeds, radii]}}``.
     """
-    from tqdm.auto import tqdm
-
-    from ._checks import progress_enabled
-
     progress = progress_enabled() if progress is None else progress
     (x_train, y_train), (x_test, y_test) = train, test
     rows, curves = [], {m: {"certified": [], "exact": []} for m in METHODS_2D.values()}

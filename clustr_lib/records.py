@@ -1,0 +1,201 @@
+"""Results as data: every number the book shows is written to a small JSON with its
+provenance (git commit, device, library versions, wall time), under one key scheme.
+
+* :func:`save_json` writes atomically, :func:`to_plain` makes NumPy/torch values JSON-ready;
+* :func:`record_path` names every record — a trained run and each evaluation of it — by the
+  run's dataset, method and seed and the hash of what determines it;
+* :class:`RunRecord` is the typed record of one trained run (:func:`clustr_lib.runs.run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+
+from . import __version__
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """Human-readable name of the device that ran a computation (default: the GPU if any)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def git_commit() -> str:
+    """Commit of the working tree that produced a result (``unknown`` outside git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=here).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(device=None, **extra) -> dict:
+    """Where a result came from: commit, device, versions, time, plus ``extra`` fields."""
+    return {
+        "git_commit": git_commit(),
+        "device": device_name(device),
+        "versions": {"clustr_lib": __version__, "torch": torch.__version__,
+                     "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+                     "python": platform.python_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def to_plain(value):
+    """JSON-ready copy of ``value``: NumPy/torch scalars and arrays become numbers and lists."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if torch.is_tensor(value):
+        return to_plain(value.detach().cpu().numpy())
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_json(path, data: dict) -> Path:
+    """Write ``data`` as JSON atomically: a killed run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(to_plain(data), handle, indent=2, allow_nan=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_json(path) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def config_hash(value: dict) -> str:
+    """Short SHA-1 of the canonical JSON of ``value``."""
+    text = json.dumps(to_plain(value), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def record_path(directory, config: dict, kind: str | None = None, key: dict | None = None,
+                suffix: str = ".json") -> Path:
+    """The one naming scheme of the results cache: ``<dataset>-<method>-s<seed>[-<kind>]-<hash>``
+    in ``directory``, hashing ``key`` (default: the run's ``config``)."""
+    stem = f"{config['dataset']}-{config['method']}-s{config['seed']}"
+    if kind:
+        stem += f"-{kind}"
+    return Path(directory) / f"{stem}-{config_hash(config if key is None else key)}{suffix}"
+
+
+@dataclass
+class RunRecord:
+    """One trained run: its configuration, its measurements at the protocol, training time and
+    provenance (the JSON :func:`clustr_lib.runs.run` writes).
+
+    Attributes:
+        config: everything that determined the run (hashed for the cache).
+        clean_accuracy: on the whole test set (``test_size`` images).
+        pgd: ``{objective: {"clean": accuracy on the attacked points, "robust": {steps: accuracy}}}``
+            at the protocol's PGD (:func:`clustr_lib.protocol.pgd_params`) on ``eval_size`` points.
+        training: ``{"seconds", "stages", "final_train_accuracy"}``.
+    """
+
+    config: dict
+    clean_accuracy: float
+    test_size: int
+    eval_size: int
+    pgd: dict
+    training: dict
+    provenance: dict
+    attack_seconds: dict = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def created(self) -> str:
+        return self.provenance["created"]
+
+    def pgd_accuracy(self, objective: str, steps: int) -> float:
+        """Robust accuracy under the protocol's PGD-``steps`` with ``objective``."""
+        return self.pgd[objective]["robust"][str(steps)]
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "format": 2,
+                "metrics": {"clean_accuracy": self.clean_accuracy, "test_size": self.test_size,
+                            "eval_size": self.eval_size, "pgd": self.pgd},
+                "training": self.training, "attack_seconds": self.attack_seconds,
+                "provenance": self.provenance}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunRecord:
+        """Read a run record, also in the first format (flat ``pgd<steps>_<objective>`` and
+        ``clean_accuracy_eval_<objective>`` keys, in which the digits32 study was recorded)."""
+        metrics = data["metrics"]
+        pgd = metrics.get("pgd")
+        if pgd is None:
+            pgd = {}
+            for key, value in metrics.items():
+                if key.startswith("clean_accuracy_eval_"):
+                    pgd.setdefault(key[len("clean_accuracy_eval_"):], {"robust": {}})["clean"] = value
+            for objective, entry in pgd.items():
+                for steps in data["config"]["pgd_steps"]:
+                    entry["robust"][str(steps)] = metrics[f"pgd{steps}_{objective}"]
+        return cls(config=data["config"], clean_accuracy=metrics["clean_accuracy"],
+                   test_size=metrics["test_size"], eval_size=metrics["eval_size"], pgd=pgd,
+                   training=data["training"], provenance=data["provenance"],
+                   attack_seconds=data.get("attack_seconds", {}))
+
+
+def load_run(config: dict, directory) -> RunRecord | None:
+    """The recorded run of ``config`` in ``directory``, or ``None``; a corrupt or partial file
+    is reported with a warning and treated as missing (it will be recomputed)."""
+    path = record_path(directory, config)
+    if not path.exists():
+        return None
+    try:
+        data = load_json(path)
+        if data.get("config") != to_plain(config):
+            raise ValueError("it records a different config")
+        return RunRecord.from_json(data)
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        warnings.warn(f"ignoring unreadable result {path} ({err!r}); recomputing", stacklevel=2)
+        return None
