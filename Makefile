@@ -2,11 +2,12 @@
 #   make book   — install, run every notebook with papermill (PROFILE=smoke), build the book
 #   make test   — install, run the test suite (it also runs the smoke book and opens it in
 #                 headless Chromium, installed from Debian's packages when run as root)
+#   make lint   — ruff (check and format) on the code, nbstripout on the source notebooks
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= smoke
 
-.PHONY: install browser book run build test clean
+.PHONY: install browser book run build lint test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +30,11 @@ build: install
 	$(PY) -m clustr_lib build
 
 book: run build
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/nbstripout --verify notebooks/*.ipynb
 
 test: install browser
 	$(PY) -m pytest

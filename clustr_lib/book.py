@@ -18,10 +18,13 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
+from .report import write_summary
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 PROFILES = NOTEBOOKS / "profiles.yml"
 EXECUTED = ROOT / "book" / "chapters"
+SUMMARY = EXECUTED / "summary.md"  # generated from the chapters' JSON results at every build
 DEFAULT_PROFILE = "smoke"
 # the runner passes `profile` and `output_dir` to every notebook, and these to those that
 # declare them
@@ -139,12 +142,14 @@ def _execute(chapter, params, profile, notebooks, output_dir, interactive, out):
 
 
 def build(root: Path = ROOT, strict: bool = True) -> int:
-    """``jupyter-book build --all`` of the book at ``root`` (a full rebuild, so no warning
+    """Write the summary page from the chapters' results (:func:`clustr_lib.report.write_summary`),
+    then ``jupyter-book build --all`` of the book at ``root`` (a full rebuild, so no warning
     hides in an incremental one); warnings are errors when ``strict``."""
     missing = [c for c in chapters() if not (EXECUTED / f"{c}.ipynb").exists()]
     if missing:
         raise PlanError(f"no executed copy of {', '.join(missing)}; "
                         f"run `python -m clustr_lib run` first")
+    write_summary(EXECUTED, SUMMARY)
     script = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(script) if script.exists() else "jupyter-book", "build", "--all", str(root)]
     if strict:

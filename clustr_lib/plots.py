@@ -100,14 +100,15 @@ def method_bars(ax, frame, columns: dict, order=None):
 
 
 def paper_vs_ours_bars(ax, frame, paper_table: dict, column: str = "pgd100_paper",
-                       paper_key: str = "pgd100"):
-    """Per method of the paper's table: its reported accuracy next to our mean (min–max)."""
+                       paper_key: str = "pgd100", labels=("paper", "ours")):
+    """Per method of the paper's table: its reported accuracy next to our mean (min–max);
+    ``labels``: the legend's names of the two bars."""
     methods = list(paper_table)
     ours = frame.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods)
     pos = np.arange(len(methods))
-    ax.bar(pos - 0.2, [paper_table[m][paper_key] for m in methods], 0.4, label="paper",
+    ax.bar(pos - 0.2, [paper_table[m][paper_key] for m in methods], 0.4, label=labels[0],
            color="lightgrey", edgecolor="k")
-    ax.bar(pos + 0.2, ours["mean"].fillna(0), 0.4, label="ours", color="tab:blue",
+    ax.bar(pos + 0.2, ours["mean"].fillna(0), 0.4, label=labels[1], color="tab:blue",
            yerr=[(ours["mean"] - ours["min"]).fillna(0), (ours["max"] - ours["mean"]).fillna(0)],
            capsize=2)
     for p, missing in zip(pos, ours["mean"].isna()):
@@ -217,3 +218,51 @@ def attack_path_curves(loss_ax, acc_ax, frame):
     acc_ax.set_ylim(0, 100)
     for ax in (loss_ax, acc_ax):
         ax.legend(fontsize=7)
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark chapters (3-6): figure-level, one panel per source of a
+# clustr_lib.studies.runs_frame, stacked vertically, legend outside the data.
+
+
+def _runs_panels(runs, width: float, height: float):
+    """A figure with one row of axes per source of ``runs`` (order of appearance), and the
+    ``(label, rows)`` of each source; closed in pyplot so a notebook shows it once, as the
+    returned value."""
+    groups = list(runs.groupby("source", sort=False))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(width, height * len(groups)),
+                             squeeze=False, layout="constrained")
+    plt.close(fig)
+    return fig, list(zip(axes[:, 0], groups))
+
+
+def paper_vs_ours_figure(runs, paper_table: dict, column: str = "pgd100_paper",
+                         paper_key: str = "pgd100"):
+    """Chapters 3–5 (Table 1 or 3 as a figure): per method of the paper's table, its reported
+    accuracy (``paper_key``) next to ours (``column`` of :func:`clustr_lib.studies.runs_frame`:
+    mean over seeds, min–max whiskers; "not run" where we have no run), one panel per source.
+    Returns the figure."""
+    steps = paper_key.upper().replace("PGD", "PGD-")
+    fig, panels = _runs_panels(runs, 9, 3.8)
+    for ax, (label, group) in panels:
+        paper_vs_ours_bars(ax, group, paper_table, column, paper_key,
+                           labels=(f"paper (reported, {steps})", f"ours: {steps}, paper's objective"))
+        ax.set_title(f"{label}: {steps} accuracy, {group['seed'].nunique()} seed(s)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def method_objective_bars(runs, steps: int = 100):
+    """Chapter 6 (the digits32 study, Table 1's protocol): per method, clean accuracy and
+    PGD-``steps`` accuracy under the paper's objective and under −log p_y (bars: mean over
+    seeds, whiskers: min–max), one panel per source of :func:`clustr_lib.studies.runs_frame`.
+    Returns the figure."""
+    columns = {"clean_accuracy": "ours: clean (whole test set)",
+               f"pgd{steps}_paper": f"ours: PGD-{steps}, paper's objective",
+               f"pgd{steps}_ce": f"ours: PGD-{steps}, −log p_y"}
+    fig, panels = _runs_panels(runs, 10, 4)
+    for ax, (label, group) in panels:
+        method_bars(ax, group, columns)
+        ax.set_title(f"{label}, {group['seed'].nunique()} seed(s) (bars: mean, whiskers: min–max)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig

@@ -45,18 +45,17 @@ def objectives_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
-    """Table 2/5 layout: the paper's minutes (GTX 1080Ti) and ours (mean over seeds)."""
+    """Table 2/5 layout (chapters 3, 4 and 6): the paper's minutes (GTX 1080Ti), ours (mean over
+    seeds of ``train_minutes``) and ours as a multiple of our nominal training (from the
+    unrounded means; NaN without a nominal run or without runs of the method)."""
+    nominal = frame.loc[frame["method"] == METHODS["nominal"], "train_minutes"].mean()
     rows = []
     for method, minutes in paper_minutes.items():
-        ours = frame.loc[frame["method"] == method, "train_minutes"]
+        ours = frame.loc[frame["method"] == method, "train_minutes"].mean()
         rows.append({"method": method, "paper (min, GTX 1080Ti)": minutes,
-                     "ours (min)": round(ours.mean(), 2) if len(ours) else np.nan,
-                     "ours / nominal": np.nan})
-    table = pd.DataFrame(rows).set_index("method")
-    nominal = frame.loc[frame["method"] == METHODS["nominal"], "train_minutes"].mean()
-    if nominal == nominal:  # ratios make devices comparable
-        table["ours / nominal"] = (table["ours (min)"] / nominal).round(2)
-    return table
+                     "ours (min)": round(ours, 2),
+                     "ours / nominal": round(ours / nominal, 2)})  # comparable across devices
+    return pd.DataFrame(rows).set_index("method")
 
 
 # ---------------------------------------------------------------------------------------

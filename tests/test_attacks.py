@@ -242,5 +242,11 @@ def test_autoattack_runs_on_a_cluster_model(cluster_model, rng):
     flat = ClusterModel(nn.Sequential(nn.Flatten(), cluster_model.embedder), cluster_model.classifier)
     result = autoattack(flat, x.view(12, 1, 2, 3), y, eps=0.05, batch_size=12)
     assert result.clean_accuracy == 1.0
-    assert result.robust_accuracy <= 1.0
     assert torch.all((result.x_adv - x.view(12, 1, 2, 3)).abs() <= 0.05 + 1e-6)
+    # what the attack reports must hold at the points it returns: a robust point is still
+    # classified correctly at its x_adv, a broken one is not; each attack only removes points
+    predicted = flat(result.x_adv).argmax(1)
+    assert torch.equal(predicted[result.robust], y[result.robust])
+    assert bool((predicted[~result.robust] != y[~result.robust]).all())
+    after = list(result.extra["robust_after"].values())
+    assert after == sorted(after, reverse=True) and after[-1] == result.robust_accuracy

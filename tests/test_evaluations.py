@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clustr_lib import evaluations, sources, studies
+from clustr_lib import evaluations, protocol, sources, studies
 from clustr_lib.classify import ClusterClassifier, ClusterModel
 from clustr_lib.models import WithHead
 
@@ -154,10 +154,14 @@ def test_masking_flags_raise_exactly_the_checks_that_hold():
             ("ClusTR + QTRADES", labels["square"], 69.0),
             ("TRADES", labels["ce"], 50.0), ("TRADES", labels["margin"], 49.5),
             ("TRADES", labels["autoattack"], 48.5), ("TRADES", labels["square"], 60.0)]
-    frame = pd.DataFrame([{"method": m, "attack": a, "robust": r, "seed": 0} for m, a, r in rows])
-    grads = pd.DataFrame({"method": "ClusTR + QTRADES", "objective": "paper", "norm": [0.0, 0.0, 1.0, 2.0]})
-    flags = studies.masking_flags(frame, grads)
-    clustr, trades = flags.loc["ClusTR + QTRADES"], flags.loc["TRADES"]
+    frame = pd.DataFrame([{"source": "s", "method": m, "attack": a, "robust": r, "seed": 0}
+                          for m, a, r in rows])
+    other = frame.assign(source="t", robust=50.0)  # a second source: its rows must not mix in
+    grads = pd.DataFrame({"source": "s", "method": "ClusTR + QTRADES", "objective": "paper",
+                          "norm": [0.0, 0.0, 1.0, 2.0]})
+    flags = studies.masking_flags(pd.concat([frame, other]), grads)
+    clustr, trades = flags.loc[("s", "ClusTR + QTRADES")], flags.loc[("s", "TRADES")]
+    assert not flags.loc[("t", "ClusTR + QTRADES")]["AutoAttack beats the paper's PGD"]
     assert clustr["a PGD objective beats the paper's"] and clustr["AutoAttack beats the paper's PGD"]
     assert not clustr["Square alone beats the paper's PGD"]
     assert clustr["zero gradients, paper's objective (%)"] == 50.0
@@ -194,19 +198,11 @@ def test_evaluations_are_recorded_once_and_recomputed_when_asked(study_copy):
         study_copy.evaluate("nominal", "nope", {})
 
 
-def test_pgd_at_the_protocols_eps_is_read_from_the_run_not_recomputed(study_copy):
-    rows = studies.pgd_rows(study_copy, "clustr_qtrades", "paper")
-    recorded = study_copy.runs("clustr_qtrades")[0]["metrics"]
-    assert rows[0]["pgd100"] == pytest.approx(100 * recorded["pgd100_paper"])
-    assert rows[0]["pgd20"] == pytest.approx(100 * recorded["pgd20_paper"])
-    assert not study_copy.computed
-
-
 def test_a_paper_source_has_exactly_the_methods_of_the_papers_table():
     cifar100 = sources.Source("c", "cifar100", "cifar100", {}, 1, Path("."), True, None)
     assert "clustr" not in cifar100.methods and "clustr_qtrades" in cifar100.methods
     with pytest.raises(ValueError, match="has no 'clustr' runs"):
         cifar100.evaluate("clustr", "pgd", {})
-    assert cifar100.verdict(True, "full") == "reproduced"
-    stand_in = sources.Source("s", "digits32", "cifar10", {}, 1, Path("."), False, None)
-    assert stand_in.verdict(True, "full") == "not run at this scale"
+    assert cifar100.key == "cifar100"
+    study = sources.Source("s", "digits32", None, {}, 1, Path("."), False, None)
+    assert study.key == "study" and study.methods == list(protocol.METHODS)

@@ -7,7 +7,7 @@ import ast
 import nbformat
 import pytest
 
-from clustr_lib import book, experiments, paper, sources, studies
+from clustr_lib import book, protocol, records, runs, sources, studies
 
 
 def notebook_defaults(name):
@@ -17,22 +17,20 @@ def notebook_defaults(name):
 
 
 def test_every_run_of_the_digits32_study_is_recorded_with_provenance():
-    params = notebook_defaults("06_digits32_study")
-    assert params["seeds"] == sources.DIGITS32_STUDY["seeds"]
-    assert params["overrides"] == sources.DIGITS32_STUDY["overrides"]
     for profile in book.load_profiles().values():  # every profile shows the recorded study
         assert not profile.get("06_digits32_study")
-    settings = paper.settings("digits32", params["overrides"])
+    study = protocol.DIGITS32_STUDY
+    settings = protocol.settings("digits32", study["overrides"])
     results_dir = book.ROOT / "results" / "digits32"
-    for seed in range(params["seeds"]):
-        for method in params["methods"]:
-            config = experiments.run_config("digits32", method, seed, settings)
-            result = experiments.load_result(config, results_dir)
-            assert result is not None, f"no recorded result for {method}, seed {seed}"
-            assert result["provenance"]["git_commit"] and result["provenance"]["device"]
-            metrics = result["metrics"]
-            assert 0.0 <= metrics["pgd100_ce"] <= metrics["pgd20_ce"] <= metrics["clean_accuracy_eval_ce"]
-            assert experiments._model_path(config, results_dir / "models").exists()
+    for seed in range(study["seeds"]):
+        for method in protocol.METHODS:
+            config = runs.run_config("digits32", method, seed, settings)
+            record = records.load_run(config, results_dir)
+            assert record is not None, f"no recorded result for {method}, seed {seed}"
+            assert record.provenance["git_commit"] and record.provenance["device"]
+            for entry in record.pgd.values():
+                assert 0.0 <= entry["robust"]["100"] <= entry["robust"]["20"] <= entry["clean"]
+            assert runs.model_path(config, results_dir / "models").exists()
 
 
 @pytest.fixture
@@ -62,7 +60,7 @@ def test_every_evaluation_the_chapters_make_of_the_study_is_recorded(study):
     kmeans = studies.kmeans_on_nominal(study)
     assert not study.computed and study.loaded
     for frame in (eps, clean, robust, adaptive, attacks, grads, paths, certificate, kmeans):
-        assert studies.seeds_of(frame) == sources.DIGITS32_STUDY["seeds"]
+        assert studies.seeds_of(frame) == protocol.DIGITS32_STUDY["seeds"]
     # robust accuracy never exceeds the clean accuracy of the attacked points
     assert (eps["pgd100"] <= eps["clean"] + 1e-9).all()
     assert (attacks["robust"] <= attacks["clean"] + 1e-9).all()

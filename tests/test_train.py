@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clustr_lib import data, experiments, paper
+from clustr_lib import data
 from clustr_lib.models import WithHead, resnet18_embedder
 from clustr_lib.train import Checkpoint, cluster_model, train_cross_entropy, train_magnet
 
@@ -72,50 +72,6 @@ def test_short_clustr_run_on_digits32_is_far_above_chance():
     model = cluster_model(net.embedder, index, num_nearest=20).eval()
     accuracy = float((model(d.test_images()).argmax(1) == d.y_test).float().mean())
     assert accuracy > 0.7  # chance is 0.1
-
-
-TINY = dict(width=2, ce_epochs=2, ce_milestones=[1], magnet_epochs=1, eval_size=20,
-            pgd_restarts=2, pgd_steps=[2, 4], batch_size=64, samples_per_cluster=5)
-
-
-def test_cached_result_is_reused_and_forced_recomputation_agrees(tmp_path):
-    d = data.load_images("digits32", train_size=200, test_size=40)
-    config = experiments.run_config("digits32", "clustr", 0, paper.settings("digits32", TINY))
-    dirs = dict(results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False)
-    first = experiments.run(config, d, **dirs)
-    files = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert len(files) == 2 and any("nominal" in f for f in files)  # the warm start is a run too
-    again = experiments.run(config, d, **dirs)
-    assert again == first  # read back, not recomputed
-    forced = experiments.run(config, d, force=True, **dirs)
-    assert forced["metrics"] == first["metrics"]
-    assert forced["provenance"]["created"] >= first["provenance"]["created"]
-
-
-def test_corrupt_result_is_recomputed_with_a_warning(tmp_path):
-    import pytest
-
-    d = data.load_images("digits32", train_size=200, test_size=40)
-    config = experiments.run_config("digits32", "nominal", 0, paper.settings("digits32", TINY))
-    dirs = dict(results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False)
-    first = experiments.run(config, d, **dirs)
-    path = experiments.result_path(config, tmp_path / "r")
-    path.write_text(path.read_text()[:50])  # a half-written file
-    with pytest.warns(UserWarning, match="recomputing"):
-        again = experiments.run(config, d, **dirs)
-    assert again["metrics"] == first["metrics"]
-
-
-def test_free_at_with_few_epochs_still_learns(tmp_path):
-    """Free AT gets ce_epochs / m epochs; its lr milestones must not collapse to epoch 0."""
-    d = data.load_images("digits32", train_size=400, test_size=100)
-    settings = paper.settings("digits32", {**TINY, "ce_epochs": 8, "ce_milestones": [4, 6],
-                                           "free_replays": 8, "eval_size": 10})  # one epoch
-    config = experiments.run_config("digits32", "free_at", 0, settings)
-    result = experiments.run(config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m",
-                             progress=False)
-    assert result["training"]["final_train_accuracy"] > 0.3  # chance is 0.1
-    assert result["metrics"]["clean_accuracy"] > 0.3
 
 
 def test_qtrades_terms_match_numpy(rng):
