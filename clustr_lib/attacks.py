@@ -24,6 +24,8 @@ from .magnet import magnet_loss_fixed_clusters
 
 OBJECTIVES = ("paper", "ce", "margin", "magnet")
 NORMS = ("linf", "l2")
+# When PGD counts a point as broken (:func:`pgd`), from the weakest to the strongest:
+PGD_RULES = ("official", "any_restart", "any_iterate")
 
 
 def attack_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str,
@@ -159,18 +161,29 @@ def _check_attack_inputs(x, y, eps, norm):
 def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: int,
         restarts: int = 1, norm: str = "linf", objective: str = "ce", alpha: float | None = None,
         random_start: bool = True, seed: int | None = 0, restarts_per_pass: int | None = None,
-        report_steps=None, prune: bool = True, trace: bool = False) -> AttackResult:
+        report_steps=None, prune: bool = True, trace: bool = False,
+        rule: str = "any_restart") -> AttackResult:
     """Projected gradient ascent (Madry et al.; the paper's PGD₂₀/PGD₁₀₀, Sec. 4.2).
 
     ``x_{k+1} = Π(x_k + η · sign ∇ℓ)`` under ℓ∞ (``η · ∇ℓ/‖∇ℓ‖`` under ℓ2), with Π the
     projection onto the ε-ball ∩ ``[0, 1]``. Each restart starts from a uniform point of
-    the ball (``random_start``). A point counts as broken if **any** restart's iterate at
-    ``steps`` is misclassified (the per-point worst case), not only the restart with the
-    largest loss; a point misclassified before the attack is not robust.
+    the ball (``random_start``). A point misclassified before the attack is never robust.
+    When a point counts as broken is the ``rule`` (:data:`PGD_RULES`):
+
+    * ``"any_restart"``: some restart's iterate at ``steps`` is misclassified;
+    * ``"any_iterate"``: some iterate ``≤ steps`` of some restart is misclassified (the
+      strongest reading, the standard for reporting robustness);
+    * ``"official"``: as the official evaluation code does it — within a restart a point
+      stops being updated once it is misclassified, and of the restarts the one with the
+      **largest objective** at ``steps`` is kept; the point is broken if that one is
+      misclassified (so a correctly classified restart with a larger loss hides a break).
+
+    Robust accuracy under ``any_iterate`` ≤ ``any_restart``; ``official`` can exceed both.
 
     Restarts run side by side in the batch dimension, ``restarts_per_pass`` at a time
     (all by default). With ``prune``, a later pass attacks only the points that are
-    still robust: the result is the same rule, at a fraction of the cost for weak models.
+    still robust: the result is the same rule, at a fraction of the cost for weak models
+    (not under ``official``, where a later restart can still change the kept one).
 
     ``report_steps`` (default ``(steps,)``) lists iterations at which robustness is also
     read off the *same* runs: PGD-20 is the first 20 iterations of PGD-100 with the same
@@ -187,9 +200,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
         seed: seed of the random starts (``None``: the global generator).
         trace: record the loss and correctness of every iterate, ``[steps + 1, R, N]``
             (attacks every point in every restart: no pruning).
+        rule: when a point counts as broken (see above).
     """
     y, eps = _check_attack_inputs(x, y, eps, norm)
     check_choice(objective, "objective", OBJECTIVES)
+    check_choice(rule, "PGD rule", PGD_RULES)
     step_size = check_positive(step_size, "step_size")
     if int(steps) < 0 or int(restarts) < 1:
         raise ValueError("steps must be >= 0 and restarts >= 1")
@@ -198,7 +213,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
     if report_steps[-1] != steps or report_steps[0] < 0:
         raise ValueError(f"report_steps must lie in [0, steps] and include steps={steps}")
     per_pass = restarts if restarts_per_pass is None else max(1, min(int(restarts_per_pass), restarts))
-    prune = prune and not trace
+    prune = prune and not trace and rule != "official"
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device)
@@ -206,6 +221,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
 
     n = x.shape[0]
     broken_at = {t: torch.zeros(n, dtype=torch.bool, device=x.device) for t in report_steps}
+    kept_loss = {t: torch.full((n,), float("-inf"), device=x.device) for t in report_steps}
     broken_by_restart = torch.zeros(restarts, n, dtype=torch.bool, device=x.device)
     x_best = x.clone()
     losses, corrects = [], []
@@ -218,14 +234,23 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
             if len(idx) == 0:
                 break
             run = _pgd_pass(model, x[idx], y[idx], eps[idx], count, step_size, steps, norm,
-                            objective, alpha, random_start, generator, report_steps, trace)
+                            objective, alpha, random_start, generator, report_steps, trace, rule)
             for t, broken in run["broken"].items():          # [count, len(idx)]
-                broken_at[t][idx] |= broken.any(0)
+                if rule == "official":  # keep, per point, the restart with the largest loss
+                    for r in range(count):                   # (ties: the later, as officially)
+                        take = run["loss_at"][t][r] >= kept_loss[t][idx]
+                        kept_loss[t][idx] = torch.where(take, run["loss_at"][t][r], kept_loss[t][idx])
+                        broken_at[t][idx] = torch.where(take, broken[r], broken_at[t][idx])
+                        if t == steps:
+                            x_best[idx[take]] = run["final"][r][take]
+                else:
+                    broken_at[t][idx] |= broken.any(0)
             final = run["broken"][steps]
             broken_by_restart[first:first + count, idx] = final
-            hit = final.any(0) & ~broken_by_restart[:first, idx].any(0)
-            first_hit = final.float().argmax(0)
-            x_best[idx[hit]] = run["final"][first_hit[hit], torch.nonzero(hit).squeeze(1)]
+            if rule != "official":
+                hit = final.any(0) & ~broken_by_restart[:first, idx].any(0)
+                first_hit = final.float().argmax(0)
+                x_best[idx[hit]] = run["final"][first_hit[hit], torch.nonzero(hit).squeeze(1)]
             if trace:
                 losses.append(run["loss"])
                 corrects.append(run["correct"])
@@ -235,33 +260,47 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
         broken_by_restart=broken_by_restart,
         loss_trace=torch.cat(losses, 1) if trace else None,
         correct_trace=torch.cat(corrects, 1) if trace else None,
-        extra={"robust_at": robust_at})
+        extra={"robust_at": robust_at, "rule": rule})
 
 
 def _pgd_pass(model, x, y, eps, count, step_size, steps, norm, objective, alpha, random_start,
-              generator, report_steps, trace):
-    """``count`` restarts side by side on ``x``; misclassification at each reported step."""
+              generator, report_steps, trace, rule="any_restart"):
+    """``count`` restarts side by side on ``x``: whether each is broken at each reported step
+    under ``rule`` (and, for ``official``, its objective there), and the final iterates."""
     x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
     x_adv = _random_start(x_rep, eps_rep, norm, generator) if random_start else x_rep.clone()
     x_adv = project(x_adv, x_rep, eps_rep, norm)
-    broken, loss_log, correct_log = {}, [], []
+    every_step = rule != "any_restart"  # both other rules look at every iterate
+    ever_broken = torch.zeros(len(y_rep), dtype=torch.bool, device=x.device)
+    broken, loss_at, loss_log, correct_log = {}, {}, [], []
     for step in range(steps + 1):
+        wrong = None
+        if every_step or step in report_steps:
+            wrong = predict(model, x_adv) != y_rep
+            ever_broken |= wrong
         if step in report_steps:
-            broken[step] = (predict(model, x_adv) != y_rep).view(count, -1)
-        if step == steps and not trace:
+            broken[step] = (ever_broken if rule == "any_iterate" else wrong).view(count, -1)
+        need_loss = trace or (rule == "official" and step in report_steps)
+        if step == steps and not need_loss:
             break
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             loss = attack_objective(model, x_adv, y_rep, objective, alpha)
             grad = None if step == steps else torch.autograd.grad(loss.sum(), x_adv)[0]
+        if rule == "official" and step in report_steps:
+            loss_at[step] = loss.detach().float().view(count, -1)
         if trace:
             loss_log.append(loss.detach().view(count, -1))
-            correct_log.append(~broken[step] if step in broken else
+            correct_log.append(~wrong.view(count, -1) if wrong is not None else
                                (predict(model, x_adv.detach()) == y_rep).view(count, -1))
         x_adv = x_adv.detach()
         if grad is not None:
-            x_adv = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
-    run = {"broken": broken, "final": x_adv.view((count,) + tuple(x.shape))}
+            stepped = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
+            if rule == "official":  # a misclassified point is no longer updated
+                frozen = wrong.view((-1,) + (1,) * (x_adv.ndim - 1))
+                stepped = torch.where(frozen, x_adv, stepped)
+            x_adv = stepped
+    run = {"broken": broken, "loss_at": loss_at, "final": x_adv.view((count,) + tuple(x.shape))}
     if trace:
         run["loss"], run["correct"] = torch.stack(loss_log), torch.stack(correct_log)
     return run

@@ -250,3 +250,100 @@ def test_autoattack_runs_on_a_cluster_model(cluster_model, rng):
     assert bool((predicted[~result.robust] != y[~result.robust]).all())
     after = list(result.extra["robust_after"].values())
     assert after == sorted(after, reverse=True) and after[-1] == result.robust_accuracy
+
+
+# ---------------------------------------------------------------------------------------
+# PGD rules: when a point counts as broken.
+
+
+@pytest.mark.parametrize("rule", ["official", "any_restart", "any_iterate"])
+def test_every_pgd_rule_reaches_the_analytic_robust_accuracy_of_a_linear_model(rng, rule):
+    W, b = binary_linear(rng)
+    x = rng.uniform(0, 1, size=(300, 12))
+    y = (x @ W.T + b).argmax(1)
+    eps = 0.05
+    expected = analytic_linf_robust(x, y, W, b, eps)
+    result = pgd(LinearLogits(W, b), torch.tensor(x, dtype=torch.float32), torch.tensor(y),
+                 eps=eps, step_size=eps / 4, steps=20, restarts=2, objective="ce", rule=rule)
+    assert result.robust_accuracy == pytest.approx(expected, abs=1 / 300)
+    assert result.extra["rule"] == rule
+
+
+def test_any_iterate_never_leaves_more_points_robust_than_any_restart(rng):
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.tensor(rng.uniform(0, 1, size=(300, 10)), dtype=torch.float32)
+    y = net(x).argmax(1).detach()
+    kwargs = dict(eps=0.1, step_size=0.04, steps=8, restarts=3, seed=4, report_steps=(2, 8))
+    restart = pgd(net, x, y, rule="any_restart", **kwargs)
+    iterate = pgd(net, x, y, rule="any_iterate", **kwargs)
+    for t in (2, 8):  # same starts and path: a break at the end is a break at some iterate
+        assert not (iterate.extra["robust_at"][t] & ~restart.extra["robust_at"][t]).any()
+    assert not (iterate.extra["robust_at"][8] & ~iterate.extra["robust_at"][2]).any()
+    one_by_one = pgd(net, x, y, rule="any_iterate", restarts_per_pass=1, prune=False, **kwargs)
+    assert torch.equal(one_by_one.robust, iterate.robust)  # the same starts, one at a time
+    official = pgd(net, x, y, rule="official", restarts_per_pass=1, **kwargs)
+    assert torch.equal(official.robust, pgd(net, x, y, rule="official", **kwargs).robust)
+
+
+class Bump(nn.Module):
+    """1-D input, 3 classes, true class 0 (logit 0): class 1's logit ``2x − 3`` pulls the
+    cross-entropy's ascent to the right; class 2 wins only in a narrow band around 0.55."""
+
+    def forward(self, x):
+        x = x.flatten(1)[:, :1]
+        bump = 5 * torch.exp(-(((x - 0.55) / 0.02) ** 2)) - 1
+        return torch.cat([torch.zeros_like(x), 2 * x - 3, bump], 1)
+
+
+def test_a_point_broken_on_the_way_but_not_at_the_end_is_broken_only_under_any_iterate():
+    x, y = torch.full((1, 1), 0.45), torch.tensor([0])
+    kwargs = dict(eps=0.2, step_size=0.05, steps=3, restarts=1, random_start=False)
+    path = Recorder(Bump())
+    restart = pgd(path, x, y, rule="any_restart", **kwargs)
+    iterates = [round(float(v), 4) for v in path.seen if v.shape == (1, 1)]
+    assert iterates[-3:] == [0.5, 0.55, 0.6]  # into the band at 0.55, then out of it
+    assert restart.robust_accuracy == 1.0
+    assert pgd(Bump(), x, y, rule="any_iterate", **kwargs).robust_accuracy == 0.0
+
+
+class TwoRegions(nn.Module):
+    """1-D input, 3 classes: left of 0.5 class 1 wins (p = .55 vs .45 for class 0: −log p₀ =
+    0.80); from 0.5 on class 0 wins narrowly (p = .34, .33, .33: −log p₀ = 1.08). A break on
+    the left has a *smaller* loss than no break on the right."""
+
+    def forward(self, x):
+        left = torch.tensor([0.45, 0.55, 1e-9]).log()
+        right = torch.tensor([0.34, 0.33, 0.33]).log()
+        return torch.where(x.flatten(1)[:, :1] < 0.5, left, right) + 0 * x.flatten(1)[:, :1]
+
+
+def test_the_official_rule_keeps_the_largest_loss_restart_and_so_misses_a_break():
+    x, y = torch.full((1, 1), 0.5), torch.tensor([0])
+    kwargs = dict(eps=0.5, step_size=0.1, steps=0, restarts=20, seed=0, objective="ce")
+    iterate = pgd(TwoRegions(), x, y, rule="any_iterate", **kwargs)
+    official = pgd(TwoRegions(), x, y, rule="official", **kwargs)
+    assert iterate.broken_by_restart.any() and not iterate.broken_by_restart.all()
+    assert iterate.robust_accuracy == 0.0  # some random start lands left of 0.5
+    assert official.robust_accuracy == 1.0  # the kept restart is a right-hand one
+    assert float(official.x_adv) >= 0.5
+
+
+def test_the_official_rule_stops_updating_a_point_once_it_is_broken(rng):
+    W, b = binary_linear(rng, n_features=4)
+    x = torch.tensor(rng.uniform(0.3, 0.7, size=(50, 4)), dtype=torch.float32)
+    model = Recorder(LinearLogits(W, b))
+    y = model(x).argmax(1).detach()
+    result = pgd(model, x, y, eps=0.3, step_size=0.05, steps=15, restarts=1, rule="official",
+                 random_start=False)
+    assert result.robust_accuracy < 1.0
+    broken = ~result.robust
+    final = model.model(result.x_adv).argmax(1)
+    assert bool((final[broken] != y[broken]).all())
+    # a frozen point sits just past the boundary: one step back would be correct again
+    a = torch.tensor(W[1] - W[0], dtype=torch.float32)
+    logit_gap = result.x_adv @ a + float(b[1] - b[0])
+    towards = torch.where(y == 0, logit_gap, -logit_gap)  # > 0: misclassified
+    assert float(towards[broken].max()) <= 0.05 * float(a.abs().sum()) + 1e-5
+    with pytest.raises(ValueError, match="unknown PGD rule"):
+        pgd(model, x, y, eps=0.1, step_size=0.05, steps=1, rule="best")
