@@ -8,6 +8,9 @@ import torch
 from matplotlib.collections import PatchCollection
 from matplotlib.patches import Circle
 
+from . import paper
+from .studies import ATTACK_LABELS
+
 CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
@@ -135,14 +138,15 @@ def _band(ax, frame, x, y, label, **style):
 
 def eps_curves(ax, frame, paper_points: dict | None = None, column: str = "pgd100"):
     """Table 4 as a figure: robust accuracy vs ε (units of 1/255) per objective; the paper's
-    values as black crosses."""
+    values (``{ε: (PGD-20, PGD-100)}``, the one of ``column``) as black crosses."""
     for objective, group in frame.groupby("objective", sort=False):
-        _band(ax, group, "eps_255", column, f"ours, {objective}")
+        _band(ax, group, "eps_255", column, f"ours: {ATTACK_LABELS[objective]}")
     if paper_points:
-        ax.scatter(list(paper_points), [v[1] for v in paper_points.values()], marker="x",
-                   color="k", zorder=3, label="paper (PGD-100)")
+        reported = [v[0 if column == "pgd20" else 1] for v in paper_points.values()]
+        ax.scatter(list(paper_points), reported, marker="x", color="k", zorder=3,
+                   label="paper (reported)")
     ax.set_xlabel("ε (× 1/255)")
-    ax.set_ylabel(f"{column.upper()} accuracy (%)")
+    ax.set_ylabel(f"{column.upper().replace('PGD', 'PGD-')} accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
 
@@ -151,14 +155,19 @@ def d_curves(ax, clean, robust, paper_point: tuple | None = None, table_d: int =
              column: str = "pgd20"):
     """Fig. 4: clean and PGD accuracy vs D (log axis); the paper's best point as a star and
     the tables' D as a dotted line."""
-    _band(ax, clean, "D", "clean", "ours, clean", color="grey")
+    steps = column.upper().replace("PGD", "PGD-")
+    _band(ax, clean, "D", "clean", "ours: clean (whole test set)", color="grey")
     for objective, group in robust.groupby("objective", sort=False):
-        _band(ax, group, "D", column, f"ours, {column.upper()}, {objective}")
+        _band(ax, group, "D", column, f"ours: {ATTACK_LABELS[objective].replace('PGD', steps)}")
     if paper_point:
         ax.scatter([paper_point[0]], [paper_point[1]], marker="*", s=150, color="k", zorder=3,
-                   label=f"paper: best {column.upper()} {paper_point[1]}% at D = {paper_point[0]}")
+                   label=f"paper (reported): best {steps} {paper_point[1]}% "
+                         f"at D = {paper_point[0]}")
     ax.axvline(table_d, color="k", linestyle=":", linewidth=1, label=f"D = {table_d} (tables)")
     ax.set_xscale("log")
+    ticks = sorted({int(d) for d in robust["D"]} | {table_d})
+    ax.set_xticks(ticks, [str(d) for d in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("D (nearest clusters in Eq. 4)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -166,22 +175,26 @@ def d_curves(ax, clean, robust, paper_point: tuple | None = None, table_d: int =
 
 
 def grouped_bars(ax, frame, group: str, hue: str, value: str, order=None, hue_order=None):
-    """Bars of ``value`` per ``group`` and ``hue``: mean over seeds, min-max whiskers."""
+    """Bars of ``value`` per ``group`` and ``hue``: mean over seeds, min-max whiskers.
+    Returns ``{(group, hue): x}``, where each bar stands (to mark reported values on it)."""
     groups = order or list(dict.fromkeys(frame[group]))
     hues = hue_order or list(dict.fromkeys(frame[hue]))
     width = 0.8 / len(hues)
+    positions = {}
     for k, h in enumerate(hues):
         stats = (frame[frame[hue] == h].groupby(group)[value].agg(["mean", "min", "max"])
                  .reindex(groups))
         pos = np.arange(len(groups)) + (k - (len(hues) - 1) / 2) * width
-        ax.bar(pos, stats["mean"].fillna(0), width, label=h,
-               yerr=[(stats["mean"] - stats["min"]).fillna(0), (stats["max"] - stats["mean"]).fillna(0)],
-               capsize=2)
+        whiskers = [(stats["mean"] - stats["min"]).fillna(0),
+                    (stats["max"] - stats["mean"]).fillna(0)]
+        ax.bar(pos, stats["mean"].fillna(0), width, label=h, yerr=whiskers, capsize=2)
+        positions.update({(g, h): x for g, x in zip(groups, pos)})
     ax.set_xticks(np.arange(len(groups)))
     ax.set_xticklabels(groups)
     ax.set_ylabel(f"{value} (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=2)
+    return positions
 
 
 def gradient_histograms(ax, frame, floor: float = 1e-12):
@@ -194,7 +207,8 @@ def gradient_histograms(ax, frame, floor: float = 1e-12):
         norms = group["norm"].to_numpy(dtype=float)
         zeros = int((norms == 0).sum())
         ax.hist(np.where(norms == 0, floor, norms), bins=bins, histtype="step", linewidth=1.5,
-                label=f"{objective} ({zeros} of {len(norms)} exactly 0)")
+                label=f"{ATTACK_LABELS.get(objective, objective).removeprefix('PGD, ')} "
+                      f"({zeros} of {len(norms)} exactly 0)")
     ax.axvline(float(np.finfo(np.float32).eps), color="k", linestyle=":", linewidth=1,
                label="float32 resolution (1.2e-7)")
     ax.set_xscale("log")
@@ -208,8 +222,9 @@ def attack_path_curves(loss_ax, acc_ax, frame):
     accuracy along one PGD run, per objective."""
     for objective, group in frame.groupby("objective", sort=False):
         mean = group.groupby("iteration")[["mean_loss", "accuracy"]].mean()
-        loss_ax.plot(mean.index, mean["mean_loss"], label=objective)
-        acc_ax.plot(mean.index, mean["accuracy"], label=objective)
+        label = f"ours: {ATTACK_LABELS.get(objective, objective)}"
+        loss_ax.plot(mean.index, mean["mean_loss"], label=label)
+        acc_ax.plot(mean.index, mean["accuracy"], label=label)
     loss_ax.set_yscale("symlog", linthresh=1e-3)
     loss_ax.set_xlabel("PGD iteration")
     loss_ax.set_ylabel("mean objective (symlog)")
@@ -222,18 +237,8 @@ def attack_path_curves(loss_ax, acc_ax, frame):
 
 # ---------------------------------------------------------------------------------------
 # The benchmark chapters (3-6): figure-level, one panel per source of a
-# clustr_lib.studies.runs_frame, stacked vertically, legend outside the data.
-
-
-def _runs_panels(runs, width: float, height: float):
-    """A figure with one row of axes per source of ``runs`` (order of appearance), and the
-    ``(label, rows)`` of each source; closed in pyplot so a notebook shows it once, as the
-    returned value."""
-    groups = list(runs.groupby("source", sort=False))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(width, height * len(groups)),
-                             squeeze=False, layout="constrained")
-    plt.close(fig)
-    return fig, list(zip(axes[:, 0], groups))
+# clustr_lib.studies.runs_frame, stacked vertically, legend outside the data (the panel
+# helpers are those of the evaluation chapters, below).
 
 
 def paper_vs_ours_figure(runs, paper_table: dict, column: str = "pgd100_paper",
@@ -243,12 +248,15 @@ def paper_vs_ours_figure(runs, paper_table: dict, column: str = "pgd100_paper",
     mean over seeds, min–max whiskers; "not run" where we have no run), one panel per source.
     Returns the figure."""
     steps = paper_key.upper().replace("PGD", "PGD-")
-    fig, panels = _runs_panels(runs, 9, 3.8)
-    for ax, (label, group) in panels:
-        paper_vs_ours_bars(ax, group, paper_table, column, paper_key,
-                           labels=(f"paper (reported, {steps})", f"ours: {steps}, paper's objective"))
-        ax.set_title(f"{label}: {steps} accuracy, {group['seed'].nunique()} seed(s)")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    labels = list(dict.fromkeys(runs["source"]))
+    fig, axes = _source_panels(labels, 3.8, 9)
+    for ax, label in zip(axes[:, 0], labels):
+        own = _of(runs, label)
+        paper_vs_ours_bars(ax, own, paper_table, column, paper_key,
+                           labels=(f"paper (reported, {steps})",
+                                   f"ours: {steps}, paper's objective"))
+        _title(ax, label, own, f"{steps} accuracy, paper vs ours")
+        _outside(ax)
     return fig
 
 
@@ -260,9 +268,258 @@ def method_objective_bars(runs, steps: int = 100):
     columns = {"clean_accuracy": "ours: clean (whole test set)",
                f"pgd{steps}_paper": f"ours: PGD-{steps}, paper's objective",
                f"pgd{steps}_ce": f"ours: PGD-{steps}, −log p_y"}
-    fig, panels = _runs_panels(runs, 10, 4)
-    for ax, (label, group) in panels:
-        method_bars(ax, group, columns)
-        ax.set_title(f"{label}, {group['seed'].nunique()} seed(s) (bars: mean, whiskers: min–max)")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    labels = list(dict.fromkeys(runs["source"]))
+    fig, axes = _source_panels(labels, 4, 10)
+    for ax, label in zip(axes[:, 0], labels):
+        own = _of(runs, label)
+        method_bars(ax, own, columns)
+        _title(ax, label, own, "accuracy per method (bars: mean, whiskers: min–max)")
+        _outside(ax)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# The 2-D chapters (1-2), figure-level: panels stacked at page width, legends outside the
+# data (right of the panel).
+
+
+def _legend_right_2d(ax, **kwargs):
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8, **kwargs)
+
+
+def certified_balls_figure(predict, x, y, radii: dict, extent, title: str | None = None):
+    """Chapter 1, Fig. 2 in the input plane: decision regions of ``predict``, the points ``x``
+    (classes ``y``) and their certified ℓ2 balls, one panel per ``label: radii``, stacked."""
+    fig, axes = plt.subplots(len(radii), 1, figsize=(7.5, 4.8 * len(radii)), squeeze=False)
+    for ax, (label, r) in zip(axes[:, 0], radii.items()):
+        decision_regions(ax, predict, extent)
+        scatter_classes(ax, x, y, size=12)
+        certified_circles(ax, x, r)
+        ax.set(title=label, xlim=extent[:2], ylim=extent[2:], xlabel="x₁", ylabel="x₂",
+               aspect="equal")
+    _legend_right_2d(axes[0, 0])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def exact_vs_certified_figure(exact, certified: dict, title: str | None = None):
+    """Chapter 1: exact minimal distance against certified radius (:func:`exact_vs_certified`),
+    one series per ``label: radii``; Theorem 1 is sound when no point lies below the diagonal."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    exact_vs_certified(ax, exact, certified)
+    _legend_right_2d(ax)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def robust_curves_figure(thresholds, exact_curve, certified: dict):
+    """Chapter 1: exact robust accuracy (black) and the certified accuracy of each
+    ``label: curve`` (Theorem 1) against the radius; the certified curves lie below."""
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    ax.plot(thresholds, exact_curve, "k", label="exact (search)")
+    for label, curve in certified.items():
+        ax.plot(thresholds, curve, label=f"Theorem 1, {label}")
+    ax.set_xlabel("radius r")
+    ax.set_ylabel("accuracy (fraction of points)")
+    ax.set_ylim(0, 1.02)
+    _legend_right_2d(ax)
+    fig.tight_layout()
+    return fig
+
+
+def reduction_figure(point, centroids, classes, radii: dict):
+    """Chapter 1 (App. A.1): :func:`bisector_example` with its legend outside the plane."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bisector_example(ax, point, centroids, classes, radii)
+    _legend_right_2d(ax)
+    ax.set_title("the paper's reduction against the sound one (L = 1)")
+    fig.tight_layout()
+    return fig
+
+
+def warm_start_figure(thresholds, curves: dict, certified_xlim: float | None = 0.3,
+                      colours=("tab:orange", "tab:blue")):
+    """Chapter 2, Fig. 3(b), (d): per set (``{set: {method: {"certified"|"exact": [seeds,
+    radii]}}}``) one panel of certified accuracy (Theorem 1) and one of exact robust accuracy,
+    stacked; mean over seeds with the min–max band, one colour per method (legend beside the
+    first panel)."""
+    panels = [(name, kind) for name in curves for kind in ("certified", "exact")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.2 * len(panels)), squeeze=False)
+    titles = {"certified": "certified accuracy (Theorem 1, product bound)",
+              "exact": "exact robust accuracy (search)"}
+    for ax, (name, kind) in zip(axes[:, 0], panels):
+        for (method, c), colour in zip(curves[name].items(), colours):
+            curves_with_spread(ax, thresholds, c[kind], method, colour)
+        ax.set_title(f"{name}: {titles[kind]}")
+        ax.set_ylabel("accuracy")
+        if kind == "certified" and certified_xlim:
+            ax.set_xlim(0, certified_xlim)
+    _legend_right_2d(axes[0, 0])
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation chapters (7-11), figure-level: one panel (or row) per source of a
+# clustr_lib.studies frame, stacked vertically at page width, legends outside the data.
+
+
+def _source_panels(labels, height: float, width: float = 10.0, ncols: int = 1):
+    """A figure with one row of ``ncols`` axes per source label; closed in pyplot so a
+    notebook shows it once, as the returned value."""
+    fig, axes = plt.subplots(len(labels), ncols, figsize=(width, height * len(labels)),
+                             squeeze=False, layout="constrained")
+    plt.close(fig)
+    return fig, axes
+
+
+def _outside(ax) -> None:
+    """The axes' legend to the right of its data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+
+
+def _of(frame, source: str):
+    return frame[frame["source"] == source]
+
+
+def _title(ax, label: str, frame, what: str) -> None:
+    seeds = frame["seed"].nunique() if len(frame) else 0
+    ax.set_title(f"{label}: {what} ({seeds} seed(s))", fontsize=10)
+
+
+def _mark_reported(ax, points, label: str = "paper (reported)") -> None:
+    """Black markers at ``[(x, value)]``: values another party reported, on our bars."""
+    if points:
+        xs, ys = zip(*points)
+        ax.scatter(xs, ys, marker="D", s=40, color="k", zorder=4, label=label)
+
+
+def eps_ablation(frame, sources, column: str = "pgd100"):
+    """Chapter 7, Table 4 as a figure: ClusTR + QTRADES' ``column`` accuracy against ε per
+    objective (:func:`clustr_lib.studies.eps_ablation`), one panel per source, with the
+    paper's Table 4 values where the source has a paper dataset. Returns the figure."""
+    fig, axes = _source_panels(sources, 3.4)
+    for ax, s in zip(axes[:, 0], sources):
+        own = _of(frame, s.label)
+        eps_curves(ax, own, paper.table4(s.paper_dataset) if s.paper_dataset else None, column)
+        _title(ax, s.label, own, "ClusTR + QTRADES against ε")
+        _outside(ax)
+    return fig
+
+
+def d_ablation(clean, robust, sources, column: str = "pgd20"):
+    """Chapter 8, Fig. 4: clean and ``column`` accuracy of ClusTR + QTRADES against D
+    (:func:`clustr_lib.studies.d_ablation`), one panel per source, with the paper's best point
+    (App. E.4) where the source has a paper dataset and the tables' D dotted. Returns the figure."""
+    fig, axes = _source_panels(sources, 3.4)
+    for ax, s in zip(axes[:, 0], sources):
+        best = paper.D_ABLATION.get(s.paper_dataset)
+        d_curves(ax, _of(clean, s.label), _of(robust, s.label),
+                 (best["best_D"], best["best_pgd20"]) if best and column == "pgd20" else None,
+                 table_d=s.settings["num_nearest"], column=column)
+        _title(ax, s.label, _of(robust, s.label), "ClusTR + QTRADES against D")
+        _outside(ax)
+    return fig
+
+
+def adaptive_attack(frame, sources, column: str = "pgd100"):
+    """Chapter 9 (Sec. 4.2): PGD accuracy per method and objective
+    (:func:`clustr_lib.studies.adaptive_attack`; bars: mean over seeds, whiskers: min–max), one
+    panel per source, with the paper's two values for ClusTR + QTRADES (PGD-100 on its objective,
+    and the Magnet-loss attack) where it reports them for the source's dataset. Returns the
+    figure."""
+    fig, axes = _source_panels(sources, 3.6)
+    for ax, s in zip(axes[:, 0], sources):
+        own = _of(frame, s.label)
+        own = own.assign(attack="ours: " + own["objective"].map(ATTACK_LABELS))
+        at = grouped_bars(ax, own, "method", "attack", column)
+        reported = paper.ADAPTIVE.get(s.paper_dataset, {})
+        bars = {("ClusTR + QTRADES", f"ours: {ATTACK_LABELS[o]}"): reported.get(key)
+                for o, key in (("paper", "pgd100"), ("magnet", "adaptive"))}
+        _mark_reported(ax, [(at[bar], v) for bar, v in bars.items() if v is not None and bar in at])
+        ax.set_ylabel(f"{column.upper().replace('PGD', 'PGD-')} accuracy (%)")
+        _title(ax, s.label, own, "the adaptive attack")
+        _outside(ax)
+    return fig
+
+
+def attack_comparison(comparison, sources):
+    """Chapter 10: robust accuracy of the same models under every attack
+    (:func:`clustr_lib.studies.attack_comparison`; bars: mean over seeds, whiskers: min–max),
+    one panel per source; on a paper dataset the paper's PGD-100 for ClusTR + QTRADES is marked,
+    and on CIFAR-10 RobustBench's AutoAttack value. Returns the figure."""
+    fig, axes = _source_panels(sources, 3.8)
+    for ax, s in zip(axes[:, 0], sources):
+        own = _of(comparison, s.label).assign(attack=lambda f: "ours: " + f["attack"])
+        at = grouped_bars(ax, own, "method", "attack", "robust")
+        bar = ("ClusTR + QTRADES", f"ours: {ATTACK_LABELS['paper']}")
+        if s.paper_dataset and bar in at:
+            reported = paper.accuracy_table(s.paper_dataset)["ClusTR + QTRADES"]["pgd100"]
+            _mark_reported(ax, [(at[bar], reported)])
+        bar = ("ClusTR + QTRADES", f"ours: {ATTACK_LABELS['autoattack']}")
+        if s.paper_dataset == "cifar10" and bar in at:
+            ax.scatter([at[bar]], [paper.ROBUSTBENCH_CLUSTR["autoattack"]], marker="v", s=60,
+                       color="white", edgecolor="k", zorder=4, clip_on=False,
+                       label="RobustBench (reported AutoAttack)")
+        ax.set_ylabel("robust accuracy (%)")
+        _title(ax, s.label, own, "every attack")
+        _outside(ax)
+    return fig
+
+
+def gradient_norms(frame):
+    """Chapter 10: the distribution of ``‖∇_x loss‖₂`` at the clean input per objective
+    (:func:`gradient_histograms` of :func:`clustr_lib.studies.gradient_norms`), one panel per
+    source. Returns the figure."""
+    labels = list(dict.fromkeys(frame["source"]))
+    fig, axes = _source_panels(labels, 3.2)
+    for ax, label in zip(axes[:, 0], labels):
+        own = _of(frame, label)
+        gradient_histograms(ax, own)
+        _title(ax, label, own, f"{', '.join(dict.fromkeys(own['method']))}, input gradients")
+        _outside(ax)
+    return fig
+
+
+def attack_paths(frame):
+    """Chapter 10: the mean objective and the accuracy along one PGD run per objective
+    (:func:`attack_path_curves` of :func:`clustr_lib.studies.attack_paths`, mean over seeds),
+    one row of two panels per source, one legend above them. Returns the figure."""
+    labels = list(dict.fromkeys(frame["source"]))
+    fig, axes = _source_panels(labels, 3.0, ncols=2)
+    for (loss_ax, acc_ax), label in zip(axes, labels):
+        attack_path_curves(loss_ax, acc_ax, _of(frame, label))
+        for ax, what in ((loss_ax, "mean objective"), (acc_ax, "accuracy")):
+            ax.get_legend().remove()
+            ax.set_title(f"{label}: {what} along the path", fontsize=10)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center",
+               ncol=4, fontsize=8)
+    return fig
+
+
+def kmeans_on_nominal(frame, sources):
+    """Chapter 11 (App. B.1): the nominal network's head against k-means + Eq. 4 (and the
+    nearest cluster) on its features (:func:`clustr_lib.studies.kmeans_on_nominal`; bars:
+    mean over seeds, whiskers: min–max), one panel per source; the paper's CIFAR-10 values are
+    marked on a cifar10 source only. Returns the figure."""
+    classifiers = [c for c in frame.columns if c not in ("source", "seed", "σ²")]
+    reported = {"linear head": paper.KMEANS_ON_NOMINAL["nominal_accuracy"],
+                "k-means + Eq. 4 (D in the tables)": paper.KMEANS_ON_NOMINAL["kmeans_eq4_accuracy"]}
+    fig, axes = _source_panels(sources, 3.4)
+    for ax, s in zip(axes[:, 0], sources):
+        own = _of(frame, s.label)
+        long = own.melt(id_vars=["seed"], value_vars=classifiers, var_name="classifier",
+                        value_name="accuracy").assign(who="ours: nominal network")
+        at = grouped_bars(ax, long, "classifier", "who", "accuracy")
+        if s.paper_dataset == "cifar10":
+            _mark_reported(ax, [(at[(c, "ours: nominal network")], v) for c, v in reported.items()],
+                           "paper (reported, CIFAR-10)")
+        ax.set_xticks(range(len(classifiers)), [c.replace(" (", "\n(") for c in classifiers])
+        ax.set_ylabel("test accuracy (%)")
+        _title(ax, s.label, own, "nominal network")
+        _outside(ax)
     return fig

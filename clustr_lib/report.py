@@ -21,7 +21,7 @@ from myst_nb import glue
 
 from .paper import CLAIMS
 from .records import device_name, provenance, save_json, to_plain
-from .verdicts import chapter_results, judge, judge_all
+from .verdicts import chapter_results, criterion, judge, judge_all
 
 SCALE_PROFILES = ("full",)  # profiles at the paper's settings (chapters without sources)
 STAND_IN_WARNING = (
@@ -102,6 +102,7 @@ class Chapter:
                         for k, v in scopes.items()} if scopes else
                        {s.key: {"label": s.label, "at_scale": s.at_scale} for s in self.sources})
         self.started = time.perf_counter()
+        self.result = None  # what :meth:`finish` recorded
         if show and self.sources:
             display(Markdown(banner(self.sources, profile)))
 
@@ -130,11 +131,25 @@ class Chapter:
         save_json(self.output_dir / f"{self.name}.json", to_plain(result))
         glue_all({"profile": self.profile, **flatten(result["measurements"]),
                   **{f"{k}_verdict": v for k, v in verdicts.items()}})
+        self.result = result
         return result
 
     def provenance(self) -> pd.DataFrame:
-        """The chapter's closing table: where its numbers come from."""
-        return provenance_table(self.sources, self.profile)
+        """The chapter's closing table: where its numbers come from — per source
+        (:func:`provenance_table`), or for a chapter without sources (the 2-D study), per
+        scope from what :meth:`finish` recorded: profile, paper's settings, seeds, device,
+        commit and wall time."""
+        if self.sources:
+            return provenance_table(self.sources, self.profile)
+        if self.result is None:
+            raise RuntimeError(f"{self.name}: call finish() before provenance()")
+        prov = self.result["provenance"]
+        return pd.DataFrame([{"sets": scope["label"], "profile": self.profile,
+                              "paper's settings": scope["at_scale"],
+                              "seeds": self.result["measurements"].get(key, {}).get("seeds"),
+                              "computed on": prov["computed_on"], "commit": prov["git_commit"],
+                              "wall seconds": round(prov["wall_seconds"], 1)}
+                             for key, scope in self.scopes.items()]).set_index("sets")
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +199,8 @@ def summary_rows(results: dict) -> pd.DataFrame:
         study = judge(dataclasses.replace(claim, scope="study"),
                       results.get(claim.study_chapter or claim.chapter))
         rows.append({"id": claim.id, "claim": claim.statement + (" *(audit)*" if claim.audit else ""),
-                     "where": claim.where, "paper": _claim_value(claim), "ours": ours,
+                     "where": claim.where, "paper": _claim_value(claim),
+                     "judged by": criterion(claim), "ours": ours,
                      "digits32 study (ours)": format_value(study["ours"], claim.unit),
                      "profile": judged["profile"] or "—", "verdict": judged["verdict"]})
     return pd.DataFrame(rows)
@@ -201,9 +217,10 @@ def summary_markdown(results: dict) -> str:
               "*digits32 study* column is our measurement on another dataset (chapter 6), never "
               "a reproduction of the paper's number. A claim is *reproduced* when our mean is "
               "within the tolerance of the paper's value (3 accuracy points for accuracies). "
-              "Each chapter page states its device and seeds.\n\n")
-    lines = ["| id | claim | where | paper | ours | digits32 study (ours) | profile | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+              "Each chapter page states its device and seeds. Where the paper's text, the official "
+              "code and this library differ, [the deviations page](../deviations.md) says how and "
+              "which one the book follows.\n\n")
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(row[c]).replace("|", "\\|") for c in table.columns) + " |"
               for _, row in table.iterrows()]
     study = ["", "## The digits32 study's findings (chapters 7–11)", "",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import paper
 from .paper import FOLLOWUP_AUTOATTACK_RANGE, ROBUSTBENCH_CLUSTR
 from .protocol import METHODS
+from .studies import ATTACK_LABELS, attack_mean, mean_table
 
 COLUMNS = {"natural": "clean_accuracy", "pgd20": "pgd20_paper", "pgd100": "pgd100_paper"}
 
@@ -21,8 +23,10 @@ def _mean_sd(values: pd.Series) -> str:
 
 
 def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
-    """Table 1/3 layout: per method, the paper's value, ours (mean ± sd over seeds) and the
-    difference of the means, for natural, PGD-20 and PGD-100 accuracy (the paper's objective)."""
+    """Table 1/3 layout (chapters 3–5): per method of the paper's table, the paper's value, ours
+    (mean ± sd over seeds of :func:`clustr_lib.studies.runs_frame`; "not run" where we have no
+    run) and the difference of the means, for natural, PGD-20 and PGD-100 accuracy (the
+    paper's objective)."""
     rows = []
     for method, reported in paper_table.items():
         ours = frame[frame["method"] == method]
@@ -30,7 +34,8 @@ def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
         for name, column in COLUMNS.items():
             row[(name, "paper")] = reported[name]
             row[(name, "ours")] = _mean_sd(ours[column]) if len(ours) else "not run"
-            row[(name, "Δ")] = (round(ours[column].mean() - reported[name], 2) if len(ours) else np.nan)
+            row[(name, "Δ")] = (round(ours[column].mean() - reported[name], 2) if len(ours)
+                                else np.nan)
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
@@ -38,10 +43,12 @@ def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
 
 
 def objectives_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Robust accuracy under the paper's PGD objective and under −log p_y, mean over seeds,
-    with clean accuracy on the whole test set and on the attacked subset."""
+    """Chapters 3–6: robust accuracy under the paper's PGD objective and under −log p_y, mean
+    over seeds, with clean accuracy on the whole test set and on the attacked subset (columns
+    of :func:`clustr_lib.studies.runs_frame`), one row per method in order of appearance."""
     cols = [c for c in ("pgd20_paper", "pgd100_paper", "pgd20_ce", "pgd100_ce") if c in frame]
-    return frame.groupby("method", sort=False)[["clean_accuracy", "clean_attacked", *cols]].mean().round(2)
+    means = frame.groupby("method", sort=False)[["clean_accuracy", "clean_attacked", *cols]].mean()
+    return means.round(2)
 
 
 def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
@@ -62,32 +69,44 @@ def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
 # The evaluation chapters (7-11): frames from clustr_lib.studies.
 
 
-def eps_table(frame: pd.DataFrame, paper_points: dict | None = None) -> pd.DataFrame:
+def eps_table(frame: pd.DataFrame, paper_points: dict | None = None, label=None) -> pd.DataFrame:
     """Table 4 layout: per ε (× 1/255), the paper's PGD-20/100 and ours per objective (mean
-    over seeds)."""
+    over seeds); ``label(steps, objective)`` names our columns (default ``ours PGD100, paper``)."""
     ours = frame.pivot_table(index="eps_255", columns="objective", values=["pgd20", "pgd100"],
                              aggfunc="mean", sort=False).round(2)
-    ours.columns = [f"ours {steps.upper()}, {objective}" for steps, objective in ours.columns]
+    label = label or (lambda steps, objective: f"ours {steps.upper()}, {objective}")
+    ours.columns = [label(steps, objective) for steps, objective in ours.columns]
     if paper_points:
-        ours.insert(0, "paper PGD-100", [paper_points.get(e, (np.nan, np.nan))[1] for e in ours.index])
-        ours.insert(0, "paper PGD-20", [paper_points.get(e, (np.nan, np.nan))[0] for e in ours.index])
+        reported = [paper_points.get(e, (np.nan, np.nan)) for e in ours.index]
+        ours.insert(0, "paper PGD-100", [v[1] for v in reported])
+        ours.insert(0, "paper PGD-20", [v[0] for v in reported])
     ours.index.name = "ε (× 1/255)"
     return ours
 
 
-def mean_sd_table(frame: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
-    """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance)."""
-    rows = list(dict.fromkeys(frame[index]))
+def mean_sd_table(frame: pd.DataFrame, index, columns: str, value: str) -> pd.DataFrame:
+    """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance);
+    ``index`` is a column or a list of them (``["source", "method"]``: a MultiIndex)."""
+    keys = [index] if isinstance(index, str) else list(index)
+    rows = list(dict.fromkeys(frame[keys].itertuples(index=False, name=None)))
     cols = list(dict.fromkeys(frame[columns]))
-    table = pd.DataFrame(index=rows, columns=cols, dtype=object)
-    for (r, c), group in frame.groupby([index, columns]):
-        table.loc[r, c] = _mean_sd(group[value])
+    labels = (pd.MultiIndex.from_tuples(rows, names=keys) if len(keys) > 1 else
+              pd.Index([r[0] for r in rows]))
+    table = pd.DataFrame(index=labels, columns=cols, dtype=object)
+    for key, group in frame.groupby([*keys, columns], sort=False):
+        table.loc[key[:-1] if len(keys) > 1 else key[0], key[-1]] = _mean_sd(group[value])
     return table.fillna("—")
 
 
-def external_records(ours: dict) -> pd.DataFrame:
-    """ClusTR + QTRADES on CIFAR-10 (ε = 8/255) as others recorded it, next to ``ours``:
-    ``{row label: (clean, PGD as reported, AutoAttack)}``."""
+def external_records(comparison: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Chapter 10: ClusTR + QTRADES on CIFAR-10 (ε = 8/255) as others recorded it, next to ours
+    on every source of ``comparison`` (:func:`clustr_lib.studies.attack_comparison`, built
+    with ``profile``): clean accuracy of the attacked points, PGD on the paper's objective and
+    AutoAttack, means over seeds."""
+    measured = (("paper", "clean"), ("paper", "robust"), ("autoattack", "robust"))
+    ours = {f"ours: {label}, profile {profile}":
+            tuple(attack_mean(rows, attack, column=column) for attack, column in measured)
+            for label, rows in comparison.groupby("source", sort=False)}
     low, high = FOLLOWUP_AUTOATTACK_RANGE
     rows = {"paper (Table 1, PGD-100)": ("91.03", "74.04", "—"),
             "RobustBench entry": (f"{ROBUSTBENCH_CLUSTR['clean']:.2f}",
@@ -96,5 +115,91 @@ def external_records(ours: dict) -> pd.DataFrame:
             "follow-up report (QTRADES variants)": ("—", "—", f"{low}–{high}")}
     rows.update({label: tuple(v if isinstance(v, str) else f"{v:.2f}" for v in values)
                  for label, values in ours.items()})
-    return pd.DataFrame.from_dict(rows, orient="index",
-                                  columns=["clean (%)", "PGD, paper's objective (%)", "AutoAttack (%)"])
+    columns = ["clean (%)", "PGD, paper's objective (%)", "AutoAttack (%)"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def _pgd_label(steps: str, objective: str) -> str:
+    """``("pgd100", "paper")`` → ``"ours: PGD-100, paper's objective"``."""
+    return "ours: " + ATTACK_LABELS[objective].replace("PGD", steps.upper().replace("PGD", "PGD-"))
+
+
+def eps_ablation(frame: pd.DataFrame, sources) -> pd.DataFrame:
+    """Chapter 7, Table 4 per source: :func:`eps_table` of each source's rows of
+    :func:`clustr_lib.studies.eps_ablation`, indexed by (source, ε); the paper's PGD-20 /
+    PGD-100 (Table 4, and Table 1/3 at 8/255) for the sources that have a paper dataset."""
+    parts = {s.label: eps_table(frame[frame["source"] == s.label],
+                                paper.table4(s.paper_dataset) if s.paper_dataset else None,
+                                label=_pgd_label)
+             for s in sources}
+    table = pd.concat(parts, names=["source"])
+    paper_columns = [c for c in table if c.startswith("paper")]
+    return table[paper_columns + [c for c in table if c not in paper_columns]]
+
+
+def d_ablation(clean: pd.DataFrame, robust: pd.DataFrame, sources,
+               column: str = "pgd20") -> pd.DataFrame:
+    """Chapter 8, Fig. 4 as a table, indexed by (source, D): clean accuracy (whole test set)
+    and ``column`` accuracy per objective (attacked points), mean over seeds, from
+    :func:`clustr_lib.studies.d_ablation`; the paper's best PGD-20 (App. E.4) on its row (its D)
+    for the sources that have a paper dataset."""
+    table = mean_table(robust, ["source", "D"], "objective", column)
+    table.columns = [_pgd_label(column, o) for o in table.columns]
+    clean_means = clean.groupby(["source", "D"])["clean"].mean().round(2)
+    table.insert(0, "ours: clean", clean_means.reindex(table.index).to_numpy())
+    best = {s.label: paper.D_ABLATION[s.paper_dataset] for s in sources
+            if s.paper_dataset in paper.D_ABLATION}
+    if best and column == "pgd20":
+        table.insert(0, "paper: best PGD-20 (its D)", [
+            best[src]["best_pgd20"] if src in best and d == best[src]["best_D"] else np.nan
+            for src, d in table.index])
+    return table
+
+
+def adaptive_attack(frame: pd.DataFrame, sources, column: str = "pgd100") -> pd.DataFrame:
+    """Chapter 9 (Sec. 4.2): ``column`` accuracy per (source, method) and objective of
+    :func:`clustr_lib.studies.adaptive_attack`, mean ± sd over seeds; first the paper's
+    PGD-100 and Magnet-loss values for ClusTR + QTRADES on the sources whose dataset it
+    attacks so (``—`` elsewhere)."""
+    table = mean_sd_table(frame, ["source", "method"], "objective", column)
+    table.columns = [_pgd_label(column, o) for o in table.columns]
+    reported = {s.label: paper.ADAPTIVE[s.paper_dataset] for s in sources
+                if s.paper_dataset in paper.ADAPTIVE}
+    if reported:
+        for i, (name, key) in enumerate((("paper: PGD-100, paper's objective", "pgd100"),
+                                         ("paper: PGD-100, Magnet loss (adaptive)", "adaptive"))):
+            table.insert(i, name, [f"{reported[src][key]:.2f}"
+                                   if src in reported and method == "ClusTR + QTRADES" else "—"
+                                   for src, method in table.index])
+    return table
+
+
+def autoattack_steps(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Chapter 10: robust accuracy (%) after each of AutoAttack's attacks in turn (each attacks
+    the points the previous ones left), per (source, method), mean over seeds, from
+    :func:`clustr_lib.studies.attack_comparison`; the attacked points' clean accuracy first."""
+    rows = comparison[comparison["attack"] == ATTACK_LABELS["autoattack"]]
+    steps = [c for c in rows if c.startswith("after_") and rows[c].notna().any()]
+    table = rows.groupby(["source", "method"], sort=False)[["clean", *steps]].mean().round(2)
+    table.columns = ["clean (attacked points)"] + [f"after {c.removeprefix('after_').upper()}"
+                                                   for c in steps]
+    return table
+
+
+def kmeans_on_nominal(frame: pd.DataFrame, sources) -> pd.DataFrame:
+    """Chapter 11 (App. B.1): per (source, seed), the nominal network's head against
+    k-means + Eq. 4 on its features (:func:`clustr_lib.studies.kmeans_on_nominal`); the paper's
+    CIFAR-10 values follow as a row ``paper (reported)`` of a cifar10 source only."""
+    parts = []
+    for s in sources:
+        own = frame[frame["source"] == s.label].set_index(["source", "seed"]).round(2)
+        parts.append(own)
+        if s.paper_dataset == "cifar10":
+            reported = paper.KMEANS_ON_NOMINAL
+            row = pd.MultiIndex.from_tuples([(s.label, "paper (reported)")],
+                                            names=["source", "seed"])
+            parts.append(pd.DataFrame(
+                {"linear head": [reported["nominal_accuracy"]],
+                 "k-means + Eq. 4 (D in the tables)": [reported["kmeans_eq4_accuracy"]]},
+                index=row))
+    return pd.concat(parts)[[c for c in frame.columns if c not in ("source", "seed")]]

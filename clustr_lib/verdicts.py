@@ -58,6 +58,20 @@ def _holds_number(claim: Claim, ours, value: float) -> bool:
     raise ValueError(f"claim {claim.id}: rule {claim.rule!r} judges no number")
 
 
+def criterion(claim: Claim) -> str:
+    """The rule of ``claim`` in words, for the summary table."""
+    unit = claim.unit
+    if claim.rule == "within":
+        return f"ours within ±{claim.tolerance:g}{unit} of the paper's"
+    if claim.rule == "at_least":
+        return f"ours ≥ {claim.value - claim.tolerance:.2f}{unit}"
+    if claim.rule == "at_most":
+        return f"ours ≤ {claim.value + claim.tolerance:.2f}{unit}"
+    if claim.rule == "true":
+        return "holds on every seed and set"
+    return "measured, no verdict"
+
+
 def judge(claim: Claim, result: dict | None) -> dict:
     """The verdict on ``claim`` from its chapter's JSON ``result`` (``None``: not run):
     ``{"verdict", "ours", "also", "profile", "used"}``."""

@@ -109,3 +109,36 @@ def test_format_value_marks_missing_numbers():
     assert report.format_value(True) == "yes" and report.format_value(3) == "3"
     assert report.format_value(1.234) == "1.23%" and report.format_value(0.5, "") == "0.50"
     assert report.format_value({2: 1.0}) == "2: 1.00%"
+
+
+def test_a_chapter_records_its_measurements_verdicts_and_provenance(tmp_path):
+    import json
+
+    chapter = report.Chapter("01_certificate_2d", "full", tmp_path, scopes={"2d": "moons"})
+    with pytest.raises(RuntimeError, match="finish"):
+        chapter.provenance()
+    result = chapter.finish({"2d": {"sound_min": 100.0, "tight_product": 0.85,
+                                    "paper_overstates": 2.5, "seeds": 1}})
+    assert result["verdicts"] == {"C1": "reproduced", "C2": "not reproduced",
+                                  "C3": "not reproduced"}
+    assert json.loads((tmp_path / "01_certificate_2d.json").read_text())["verdicts"] == result["verdicts"]
+    table = chapter.provenance()
+    assert list(table.index) == ["moons"] and table.loc["moons", "seeds"] == 1
+    assert bool(table.loc["moons", "paper's settings"])
+    smoke = report.Chapter("01_certificate_2d", "smoke", tmp_path, scopes={"2d": "moons"})
+    assert set(smoke.finish({"2d": {"sound_min": 100.0}})["verdicts"].values()) == {
+        verdicts.NOT_AT_SCALE}
+
+
+def test_glue_names_are_letters_digits_and_underscores():
+    flat = report.flatten({"study": {"per_method": {"ClusTR + QTRADES": {"pgd100_paper": 1.0}},
+                                     "pgd100": {"paper": {"25.5": 2.0}}}})
+    assert flat == {"study_per_method_ClusTR_QTRADES_pgd100_paper": 1.0,
+                    "study_pgd100_paper_25_5": 2.0}
+
+
+def test_each_rule_is_stated_in_words():
+    assert verdicts.criterion(claim()) == "ours within ±3% of the paper's"
+    assert verdicts.criterion(claim(rule="at_least", value=99.0, tolerance=1.0)) == "ours ≥ 98.00%"
+    assert verdicts.criterion(claim(rule="at_most", value=0.0, tolerance=0.0)) == "ours ≤ 0.00%"
+    assert verdicts.criterion(claim(rule=None)) == "measured, no verdict"
