@@ -19,7 +19,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 
 from .checks import as_label_tensor, check_choice, check_positive
-from .classify import ClusterModel
+from .classify import ClusterModel, normalised_scores
 from .magnet import magnet_loss_fixed_clusters
 
 OBJECTIVES = ("paper", "ce", "margin", "magnet")
@@ -311,33 +311,72 @@ def soft_cross_entropy(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * log_q, torch.zeros_like(log_q)).sum(1)
 
 
+# The QTRADES consistency term and its adversary (:func:`qtrades_adversary`,
+# :func:`clustr_lib.train.train_magnet`): ``logprob`` = Eq. (5) on Eq. (4)'s probabilities,
+# ``official`` = as the official code trains it (utils/magnet_training.py).
+QTRADES_FORMS = ("logprob", "official")
+
+
 def qtrades_adversary(model: nn.Module, x: torch.Tensor, *, eps: float, step_size: float,
                       generator: torch.Generator | None = None,
-                      target: torch.Tensor | None = None) -> torch.Tensor:
+                      target: torch.Tensor | None = None, form: str = "logprob",
+                      return_start_loss: bool = False):
     """The QTRADES adversary of Sec. 4.2 / App. D (one signed step).
 
-    ``x' = x + U(−ε, ε)``, then ``x_adv = Π(x' + η · sign ∇_{x'} CE(p(x'), p(x)))``
-    with ``p(x)`` held fixed as the soft target, Π the projection onto the ε-ball
-    around ``x`` clipped to ``[0, 1]``. Only the input gradient is computed, and the
-    model's mode is left as the caller set it (training mode during training).
-    ``p`` is ``softmax(model(x))``: Eq. (4) for a ClusterModel, the softmax of the
-    logits for a cross-entropy network. The public code uses ``η = 10/255`` at
-    ``ε = 8/255``. ``target`` (optional) passes ``p(x)`` when the caller has it already
-    (the training forward), saving a forward pass.
+    ``form="logprob"`` (default): ``x' = x + U(−ε, ε)``, then
+    ``x_adv = Π(x' + η · sign ∇_{x'} CE(p(x'), p(x)))`` with ``p(x)`` held fixed as the soft
+    target, Π the projection onto the ε-ball around ``x`` clipped to ``[0, 1]``; ``p`` is
+    ``softmax(model(x))``: Eq. (4) for a ClusterModel, the softmax of the logits for a
+    cross-entropy network.
+
+    ``form="official"`` (``attack_instances_consistency`` with ``iterations=1, rand=True`` in
+    the official utils/magnet_training.py): the start is clipped, ``x' = clip_[0,1](x + U(−ε, ε))``,
+    and the objective is ``−Σ_c p_c(x) · log_softmax(s(x'))_c`` with ``s`` the *raw,
+    unnormalised* class scores of Eq. (4) (:meth:`ClusterModel.scores`: sums of
+    ``exp(−d/2σ²)`` over the class's clusters among the D nearest) and ``p(x)`` their
+    normalisation (:func:`~clustr_lib.classify.normalised_scores`); for a cross-entropy
+    network ``s`` is the logits (so only the clipped start differs from ``logprob``).
+
+    Only the input gradient is computed, and the model's mode is left as the caller set it
+    (training mode during training). The public code uses ``η = 10/255`` at ``ε = 8/255``.
+    ``target`` (optional) passes ``p(x)`` when the caller has it already (the training
+    forward), saving a forward pass; it is detached here.
+
+    ``return_start_loss``: also return the batch mean of the objective at ``x'``, with its
+    graph, so that a caller can add its parameter gradient to the training step (the official
+    code's ``cost.backward()`` leaves it in the parameters' ``.grad``, and the training step's
+    backward adds to it). Returns ``x_adv`` or ``(x_adv, start_loss)``.
     """
+    check_choice(form, "QTRADES form", QTRADES_FORMS)
     eps = check_positive(eps, "eps", allow_zero=True)
     step_size = check_positive(step_size, "step_size")
+    official = form == "official"
+
+    def prediction(inputs):  # log q at ``inputs``
+        if official and isinstance(model, ClusterModel):
+            return model.scores(inputs).log_softmax(1)
+        return model(inputs).log_softmax(1)
+
     if target is None:
         with torch.no_grad():
-            target = model(x).softmax(1)
+            if official and isinstance(model, ClusterModel):
+                target = normalised_scores(model.scores(x))
+            else:
+                target = model(x).softmax(1)
     target = target.detach()
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    x_start = (x + (2.0 * noise - 1.0) * eps).requires_grad_(True)
+    x_start = x + (2.0 * noise - 1.0) * eps
+    if official:
+        x_start = x_start.clamp(0.0, 1.0)
+    x_start = x_start.requires_grad_(True)
     with torch.enable_grad():
-        loss = soft_cross_entropy(model(x_start).log_softmax(1), target).sum()
-        grad = torch.autograd.grad(loss, x_start)[0]
+        per_sample = soft_cross_entropy(prediction(x_start), target)
+        grad = torch.autograd.grad(per_sample.sum(), x_start, retain_graph=return_start_loss)[0]
     eps_vec = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
-    return project(x_start.detach() + _ascent_step(grad, step_size, "linf"), x, eps_vec, "linf")
+    x_adv = project(x_start.detach() + _ascent_step(grad, step_size, "linf"), x, eps_vec, "linf")
+    if return_start_loss:
+        return x_adv, per_sample.mean()
+    return x_adv
 
 
 class FiniteLogits(nn.Module):

@@ -88,6 +88,14 @@ class ClusterClassifier(nn.Module):
         return self.log_proba(embeddings)
 
 
+def normalised_scores(scores: torch.Tensor) -> torch.Tensor:
+    """``p = s / max(Σ_c s_c, 1e-12)``: Eq. (4)'s probabilities from its raw class scores
+    (:meth:`ClusterClassifier.scores`), as the official code computes them
+    (``F.normalize(scores, p=1)`` in utils/utils.py ``get_softmax_probs``): differentiable, and
+    all zeros where every score underflowed (where :meth:`ClusterClassifier.log_proba` is exact)."""
+    return scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
+
+
 class ClusterModel(nn.Module):
     """A feature extractor ``f_θ`` followed by the Eq. (4) classifier.
 

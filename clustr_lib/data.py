@@ -56,8 +56,10 @@ def train_test_2d(name: str, n_train: int, n_test: int, noise: float = 0.1, seed
 
 IMAGE_DATASETS = ("cifar10", "cifar100", "svhn", "digits32")
 # App. D: random 32x32 crops with padding 4 on CIFAR; no augmentation on SVHN. The paper
-# mentions no flips, so none are used. digits32 (our CPU stand-in) is not augmented:
-# shifted digits are other digits' strokes at this size.
+# mentions no flips, so none are used by default; the official code also flips CIFAR-10/100
+# horizontally (``RandomHorizontalFlip`` in datasets/load_dataset.py; ``flip=True`` here).
+# digits32 (our CPU stand-in) is not augmented: shifted digits are other digits' strokes at
+# this size.
 AUGMENT = {"cifar10": True, "cifar100": True, "svhn": False, "digits32": False}
 
 
@@ -69,12 +71,14 @@ class ImageData:
     """Train and test images as ``uint8 [N, 3, 32, 32]`` tensors on ``device``.
 
     ``train_batch(indices)`` returns float images in ``[0, 1]``, randomly cropped (padding 4,
-    per sample, batched on the device) when the dataset is augmented; ``test_images()``
-    returns the test set as floats. Normalisation happens inside the models.
+    per sample, batched on the device) when the dataset is augmented, then flipped
+    horizontally with probability 1/2 per sample when ``flip`` is set (default off; the
+    official code's CIFAR pipeline is crop, then flip); ``test_images()`` returns the test
+    set as floats. Normalisation happens inside the models.
     """
 
     def __init__(self, name, x_train, y_train, x_test, y_test, device="cpu", augment=None,
-                 seed: int = 0):
+                 seed: int = 0, flip: bool = False):
         for x in (x_train, x_test):
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1:] != (3, 32, 32):
                 raise ValueError(f"images must be uint8 [N, 3, 32, 32], got {x.dtype} {tuple(x.shape)}")
@@ -85,22 +89,28 @@ class ImageData:
         self.y_test = torch.as_tensor(y_test, dtype=torch.long).to(self.device)
         self.num_classes = int(max(self.y_train.max(), self.y_test.max())) + 1
         self.augment = AUGMENT.get(name, False) if augment is None else bool(augment)
+        self.flip = bool(flip)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __repr__(self):
         return (f"ImageData({self.name}: {len(self.x_train)} train, {len(self.x_test)} test, "
-                f"{self.num_classes} classes, augment={self.augment}, device={self.device})")
+                f"{self.num_classes} classes, augment={self.augment}, flip={self.flip}, "
+                f"device={self.device})")
 
     def channel_stats(self):
         """Per-channel mean and std of the training images in ``[0, 1]`` (App. D normalisation)."""
         x = self.x_train.float().div_(255)
         return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
-    def train_batch(self, indices, generator=None) -> torch.Tensor:
-        """Float training images at ``indices`` (augmented with ``generator`` if given)."""
+    def train_batch(self, indices, generator=None, flip: bool | None = None) -> torch.Tensor:
+        """Float training images at ``indices`` (augmented with ``generator`` if given):
+        cropped if the dataset is augmented, then flipped if ``flip`` (``None``: ``self.flip``)."""
         x = self.x_train[indices]
+        generator = generator or self.generator
         if self.augment:
-            x = random_crop(x, padding=4, generator=generator or self.generator)
+            x = random_crop(x, padding=4, generator=generator)
+        if self.flip if flip is None else flip:
+            x = random_flip(x, generator=generator)
         return x.float().div_(255)
 
     def train_images(self) -> torch.Tensor:
@@ -121,6 +131,13 @@ def random_crop(x: torch.Tensor, padding: int = 4, generator=None) -> torch.Tens
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]      # [n, 1, w]
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2, independently, no loop
+    (torchvision's ``RandomHorizontalFlip(p=0.5)``, batched)."""
+    mirror = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return torch.where(mirror.view(-1, *(1,) * (x.ndim - 1)), x.flip(-1), x)
 
 
 def _torchvision_split(name: str, root: Path, train: bool):
@@ -150,12 +167,13 @@ def default_data_dir() -> Path:
 
 
 def load_images(name: str, data_dir=None, device="cpu", train_size: int | None = None,
-                test_size: int | None = None, seed: int = 0) -> ImageData:
+                test_size: int | None = None, seed: int = 0, flip: bool = False) -> ImageData:
     """Load an image dataset (``cifar10``, ``cifar100``, ``svhn`` or ``digits32``).
 
     CIFAR and SVHN come through ``torchvision.datasets``, downloaded on first use into
     ``data_dir`` (default :func:`default_data_dir`). ``train_size``/``test_size`` take
-    fixed random subsets (a seeded permutation) for small-scale runs.
+    fixed random subsets (a seeded permutation) for small-scale runs. ``flip``: random
+    horizontal flips of the training batches (see :class:`ImageData`).
     """
     check_choice(name, "image dataset", IMAGE_DATASETS)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -176,13 +194,14 @@ def load_images(name: str, data_dir=None, device="cpu", train_size: int | None =
             keep = torch.from_numpy(np.random.default_rng(seed).permutation(len(x))[:size])
             x, y = x[keep], y[keep]
         splits += [x, y]
-    return ImageData(name, *splits, device=device, seed=seed)
+    return ImageData(name, *splits, device=device, seed=seed, flip=flip)
 
 
 class TensorData:
     """Float inputs already in memory (the 2-D sets), with :class:`ImageData`'s interface."""
 
     augment = False
+    flip = False
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         if len(x) != len(y):
@@ -191,7 +210,9 @@ class TensorData:
         self.device = x.device
         self.num_classes = int(self.y_train.max()) + 1
 
-    def train_batch(self, indices, generator=None) -> torch.Tensor:
+    def train_batch(self, indices, generator=None, flip: bool | None = None) -> torch.Tensor:
+        if flip:
+            raise ValueError("horizontal flips need images; these inputs are vectors")
         return self.x_train[indices]
 
     def train_images(self) -> torch.Tensor:

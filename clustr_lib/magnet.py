@@ -7,14 +7,22 @@ global id ``c * K + j``, so ``centroid_classes = arange(L).repeat_interleave(K)`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from .checks import as_float_tensor, as_label_tensor, check_positive
+from .checks import as_float_tensor, as_label_tensor, check_choice, check_positive
 from .distances import squared_distances
+
+
+def _check_log_eps(log_eps):
+    """``None`` (the exact loss) or a finite ``ε > 0``."""
+    if log_eps is None:
+        return None
+    return check_positive(log_eps, "magnet_log_eps")
 
 
 def _hinged_magnet_terms(
@@ -23,20 +31,33 @@ def _hinged_magnet_terms(
     other_class: torch.Tensor,
     variance: torch.Tensor,
     alpha: float,
+    log_eps: float | None = None,
 ) -> torch.Tensor:
     """Per-sample ``{α + d_own/(2σ²) + log Σ_other exp(−d/(2σ²))}₊`` in log space.
 
     ``sq_dist`` is ``[N, C]``, ``own`` the column of each sample's own cluster and
     ``other_class`` a ``[N, C]`` mask of the clusters of other classes. The sum over
-    other clusters is a ``logsumexp`` (no exp/log round trip, no epsilon).
+    other clusters is a ``logsumexp`` (no exp/log round trip, and by default no epsilon).
+
+    With ``log_eps = ε`` it is instead the official code's expression (``utils/magnet_loss.py``),
+    ``{−log(num / (den + ε) + ε)}₊`` with ``num = exp(−d_own/(2σ²) − α)`` and
+    ``den = Σ_other exp(−d/(2σ²))``, evaluated in log space as
+    ``−logaddexp(−α − d_own/(2σ²) − logaddexp(log den, log ε), log ε)``: the same value, without
+    the exp-space underflow. It never exceeds ``−log ε`` (18.42 at ε = 1e-8), and a sample's
+    gradient is damped by ``r / (r + ε)``, ``r = num / (den + ε)``: a sample far past the cap
+    gives (almost) none.
     """
     scaled = sq_dist / (2.0 * variance)
     own_term = scaled.gather(1, own[:, None]).squeeze(1)
     impostor = torch.logsumexp(scaled.neg().masked_fill(~other_class, float("-inf")), dim=1)
-    return torch.relu(alpha + own_term + impostor)
+    if log_eps is None:
+        return torch.relu(alpha + own_term + impostor)
+    log_e = torch.full_like(impostor, math.log(log_eps))
+    log_ratio = -alpha - own_term - torch.logaddexp(impostor, log_e)
+    return torch.relu(-torch.logaddexp(log_ratio, log_e))
 
 
-def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float):
+def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float, log_eps: float | None = None):
     """Batch approximation of the Magnet loss, Eq. (3) of the paper.
 
     Within the batch, the mean ``μ_c`` of each cluster present is the mean of the
@@ -47,12 +68,15 @@ def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float):
 
     where the sum runs over the clusters of *other* classes present in the batch.
     Gradients flow through the batch means and through ``σ²``, as in the public code.
+    ``log_eps`` (default ``None``: the exact expression above) puts the official code's
+    ``ε = 1e-8`` inside the log (see :func:`_hinged_magnet_terms`), capping ``ℓ_i`` at ``−log ε``.
 
     Args:
         embeddings: ``[N, d]`` features ``f_θ(x)``.
         cluster_ids: ``[N]`` integer id of each sample's cluster (any numbering).
         class_ids: ``[N]`` class of each sample; all members of a cluster share it.
         alpha: the margin ``α ≥ 0``.
+        log_eps: ``None`` or the official ``ε`` (1e-8).
 
     Returns:
         ``(mean_loss, per_sample_losses, variance)``: a scalar, an ``[N]`` tensor and
@@ -63,6 +87,7 @@ def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float):
     cluster_ids = as_label_tensor(cluster_ids, "cluster_ids", n).to(embeddings.device)
     class_ids = as_label_tensor(class_ids, "class_ids", n).to(embeddings.device)
     alpha = check_positive(alpha, "alpha", allow_zero=True)
+    log_eps = _check_log_eps(log_eps)
     if n < 2:
         raise ValueError("the Magnet loss needs at least 2 samples (σ² divides by N − 1)")
 
@@ -82,12 +107,12 @@ def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float):
     sq_dist = squared_distances(embeddings, means)
     own_sq = sq_dist.gather(1, member_of[:, None]).squeeze(1)
     variance = own_sq.sum() / (n - 1)
-    losses = _hinged_magnet_terms(sq_dist, member_of, other_class, variance, alpha)
+    losses = _hinged_magnet_terms(sq_dist, member_of, other_class, variance, alpha, log_eps)
     return losses.mean(), losses, variance
 
 
 def magnet_loss_fixed_clusters(embeddings, labels, centroids, centroid_classes, variance,
-                               alpha: float) -> torch.Tensor:
+                               alpha: float, log_eps: float | None = None) -> torch.Tensor:
     """Per-sample Magnet loss against *fixed* clusters (the adaptive attack, Sec. 4.2).
 
     Same expression as :func:`magnet_loss`, Eq. (3), but with the training set's
@@ -95,7 +120,9 @@ def magnet_loss_fixed_clusters(embeddings, labels, centroids, centroid_classes, 
     own cluster is the nearest centroid of its true class; the impostor sum runs over
     all centroids of the other classes. The hinge is kept, so a point whose loss is
     below zero gives no gradient (the objective is the paper's, masking included).
+    ``log_eps``: as in :func:`magnet_loss` (``None``: the exact expression).
     """
+    log_eps = _check_log_eps(log_eps)
     embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
     labels = as_label_tensor(labels, "labels", embeddings.shape[0]).to(embeddings.device)
     centroid_classes = centroid_classes.to(embeddings.device)
@@ -105,7 +132,7 @@ def magnet_loss_fixed_clusters(embeddings, labels, centroids, centroid_classes, 
         raise ValueError("a label has no centroid of its class")
     own = sq_dist.masked_fill(~same_class, float("inf")).argmin(1)
     variance = torch.as_tensor(variance, dtype=embeddings.dtype, device=embeddings.device)
-    return _hinged_magnet_terms(sq_dist, own, ~same_class, variance, alpha)
+    return _hinged_magnet_terms(sq_dist, own, ~same_class, variance, alpha, log_eps)
 
 
 class ClusterIndex:
@@ -118,18 +145,32 @@ class ClusterIndex:
 
     Args:
         clusters_per_class: ``K`` (2 in the paper's image experiments, 1 in 2-D).
-        random_state: seed of the k-means++ initialisation (incremented per refresh).
+        random_state: seed of the k-means++ initialisation (incremented per refresh,
+            unless ``fixed_random_state``).
+        n_init: k-means restarts per class (scikit-learn's ``n_init``). The official code
+            (``utils/setups.py``) uses 1 on CIFAR-10 and 10 on the other datasets.
+        max_iter: Lloyd iterations per restart. Default 300 (scikit-learn's); the official
+            code uses 20 on CIFAR-10 and 40 on the others.
+        fixed_random_state: every refresh uses ``random_state`` itself, as the official code
+            does (``KMeans(random_state=1)`` at every refresh, ``utils/magnet_tools.py``).
     """
 
-    def __init__(self, clusters_per_class: int = 2, random_state: int = 0):
+    def __init__(self, clusters_per_class: int = 2, random_state: int = 0, *, n_init: int = 1,
+                 max_iter: int = 300, fixed_random_state: bool = False):
         if int(clusters_per_class) < 1:
             raise ValueError(f"clusters_per_class must be >= 1, got {clusters_per_class}")
+        if int(n_init) < 1 or int(max_iter) < 1:
+            raise ValueError(f"k-means n_init and max_iter must be >= 1, got {n_init}, {max_iter}")
         self.clusters_per_class = int(clusters_per_class)
         self.random_state = int(random_state)
+        self.n_init, self.max_iter = int(n_init), int(max_iter)
+        self.fixed_random_state = bool(fixed_random_state)
         self.refreshes_ = 0
 
-    def fit(self, embeddings, labels, num_classes: int | None = None) -> "ClusterIndex":
-        """Set the labels, then cluster ``embeddings`` class by class."""
+    def fit(self, embeddings, labels, num_classes: int | None = None,
+            variance_embeddings=None) -> ClusterIndex:
+        """Set the labels, then cluster ``embeddings`` class by class (``variance_embeddings``:
+        see :meth:`refresh`)."""
         embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
         labels = as_label_tensor(labels, "labels", embeddings.shape[0]).cpu()
         num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
@@ -144,22 +185,35 @@ class ClusterIndex:
         self.labels_ = labels
         self.num_classes_ = num_classes
         self.members_ = [torch.nonzero(labels == c).squeeze(1).numpy() for c in range(num_classes)]
-        return self.refresh(embeddings)
+        return self.refresh(embeddings, variance_embeddings)
 
-    def refresh(self, embeddings) -> "ClusterIndex":
-        """Re-run per-class k-means on new embeddings of the same training set."""
+    def refresh(self, embeddings, variance_embeddings=None) -> ClusterIndex:
+        """Re-run per-class k-means on new embeddings of the same training set.
+
+        ``σ²`` is by default computed from the same embeddings and the k-means assignments.
+        With ``variance_embeddings`` (another pass over the training set, e.g. differently
+        augmented, as the official code's ``compute_real_losses``) it is
+        ``Σ_i min_{j: class(j) = y_i} ‖g_i − μ_j‖² / (N − 1)`` over those embeddings ``g``:
+        each sample to its nearest centroid of its own class.
+        """
         embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
         if not hasattr(self, "labels_"):
             raise RuntimeError("call fit(embeddings, labels) before refresh")
         if embeddings.shape[0] != len(self.labels_):
             raise ValueError(f"expected {len(self.labels_)} embeddings, got {embeddings.shape[0]}")
+        if variance_embeddings is not None:
+            variance_embeddings = as_float_tensor(variance_embeddings, "variance_embeddings", 2)
+            if variance_embeddings.shape != embeddings.shape:
+                raise ValueError(f"variance_embeddings must be shaped {tuple(embeddings.shape)}, "
+                                 f"got {tuple(variance_embeddings.shape)}")
         feats = embeddings.detach().cpu().numpy()
         k = self.clusters_per_class
+        state = self.random_state + (0 if self.fixed_random_state else self.refreshes_)
         centroids = np.empty((self.num_classes_ * k, feats.shape[1]), dtype=feats.dtype)
         assignments = np.empty(len(feats), dtype=np.int64)
         for c, members in enumerate(self.members_):
-            km = KMeans(n_clusters=k, init="k-means++", n_init=1,
-                        random_state=self.random_state + self.refreshes_)
+            km = KMeans(n_clusters=k, init="k-means++", n_init=self.n_init, max_iter=self.max_iter,
+                        random_state=state)
             local = km.fit_predict(feats[members]) if k > 1 else np.zeros(len(members), int)
             centroids[c * k:(c + 1) * k] = (km.cluster_centers_ if k > 1
                                             else feats[members].mean(0, keepdims=True))
@@ -167,8 +221,15 @@ class ClusterIndex:
         self.centroids_ = torch.from_numpy(centroids).to(embeddings.device)
         self.centroid_classes_ = torch.arange(self.num_classes_).repeat_interleave(k)
         self.assignments_ = torch.from_numpy(assignments)
-        own = embeddings.detach() - self.centroids_[self.assignments_.to(embeddings.device)]
-        self.variance_ = float((own.double() ** 2).sum() / (len(feats) - 1))
+        if variance_embeddings is None:
+            own = embeddings.detach() - self.centroids_[self.assignments_.to(embeddings.device)]
+            self.variance_ = float((own.double() ** 2).sum() / (len(feats) - 1))
+        else:
+            g = variance_embeddings.detach().double()
+            sq = squared_distances(g, self.centroids_.to(g.device).double())
+            same = (self.centroid_classes_[None, :] == self.labels_[:, None]).to(g.device)
+            nearest = sq.masked_fill(~same, float("inf")).min(1).values
+            self.variance_ = float(nearest.sum() / (len(feats) - 1))
         self.refreshes_ += 1
         return self
 
@@ -185,6 +246,12 @@ class MagnetBatch:
     cluster_ids: np.ndarray
 
 
+# How the sampler weighs each cluster's chance to seed a batch (:class:`NeighbourhoodSampler`).
+SEED_PROBABILITIES = ("all_members", "recorded", "official")
+# Batches per epoch: ceil(N / (M·D)) (every sample counted once) or the official floor.
+EPOCH_LENGTHS = ("ceil", "floor")
+
+
 class NeighbourhoodSampler:
     """Rippel et al.'s neighbourhood sampling for the Magnet loss (App. D).
 
@@ -192,12 +259,30 @@ class NeighbourhoodSampler:
     recorded loss (uniformly while no loss is recorded), the ``M − 1`` centroids of
     *other* classes nearest to the seed centroid, and ``D`` samples drawn without
     replacement from each of those ``M`` clusters (the whole cluster if it is smaller).
-    One epoch is ``ceil(N / (M·D))`` batches: as many samples as the dataset holds,
-    counted at the nominal batch size (a batch with a cluster smaller than ``D`` is
-    smaller), so every epoch has the same number of steps.
 
-    Per-sample losses start at zero, as in the public code, and a cluster's loss is
-    the mean over its current members; both updates are vectorised.
+    ``seed_probability`` says what a cluster's loss is (:data:`SEED_PROBABILITIES`):
+
+    * ``"all_members"`` (default): the mean over its *current* members of their latest
+      recorded losses, a sample never seen counting as 0 (per-sample losses start at zero,
+      as in the public code);
+    * ``"recorded"``: the mean over its current members *that have a recorded loss*; a
+      cluster none of whose members has one weighs 0;
+    * ``"official"``: as the official ``ClusterBatchBuilder.update_losses``
+      (``utils/magnet_tools.py``): ``"recorded"``, but a cluster's mean is computed only when a
+      batch touches it and then kept under its cluster id, so after a refresh a cluster not
+      yet touched keeps the mean of its *old* members.
+
+    In every case the seed is drawn uniformly while all cluster losses are 0 (before any
+    loss is recorded, or if every recorded loss is 0; the official code would divide by
+    1e-8 and fail there).
+
+    ``epoch_length`` (:data:`EPOCH_LENGTHS`): ``"ceil"`` (default) gives ``ceil(N / (M·D))``
+    batches, as many samples as the dataset holds counted at the nominal batch size (a batch
+    with a cluster smaller than ``D`` is smaller), so every epoch has the same number of
+    steps; ``"floor"`` gives ``floor(N / (M·D))``, the official ``DataLoader(..., drop_last=True)``
+    over a sampler of length N.
+
+    Both loss updates are vectorised (``bincount`` over the training set).
 
     Args:
         index: a fitted :class:`ClusterIndex` (read afresh at every batch, so a
@@ -205,12 +290,18 @@ class NeighbourhoodSampler:
         clusters_per_batch: ``M`` (12 in the paper).
         samples_per_cluster: ``D`` (20 in the paper).
         seed: seed of the sampler's own NumPy generator.
+        seed_probability: see above.
+        epoch_length: see above.
     """
 
     def __init__(self, index: ClusterIndex, clusters_per_batch: int = 12,
-                 samples_per_cluster: int = 20, seed: int = 0):
+                 samples_per_cluster: int = 20, seed: int = 0, *,
+                 seed_probability: str = "all_members", epoch_length: str = "ceil"):
         if not hasattr(index, "assignments_"):
             raise ValueError("the cluster index must be fitted before sampling")
+        self.seed_probability = check_choice(seed_probability, "seed probability",
+                                             SEED_PROBABILITIES)
+        self.epoch_length = check_choice(epoch_length, "epoch length", EPOCH_LENGTHS)
         self.index = index
         self.clusters_per_batch = int(clusters_per_batch)
         self.samples_per_cluster = int(samples_per_cluster)
@@ -222,21 +313,51 @@ class NeighbourhoodSampler:
         if self.clusters_per_batch - 1 > others:
             raise ValueError(f"clusters_per_batch={self.clusters_per_batch} needs "
                              f"{self.clusters_per_batch - 1} impostor clusters; only {others} exist")
+        n = len(index.assignments_)
+        if self.epoch_length == "floor" and n < self.batch_size:
+            raise ValueError(f"epoch_length='floor' gives no batch: {n} training samples, fewer "
+                             f"than M·D = {self.batch_size}")
         self.rng = np.random.default_rng(seed)
-        self.sample_losses = np.zeros(len(index.assignments_), dtype=np.float64)
+        self.sample_losses = np.zeros(n, dtype=np.float64)
+        self.has_loss = np.zeros(n, dtype=bool)
+        self.stored_cluster_losses = np.zeros(index.num_clusters, dtype=np.float64)
+
+    @property
+    def batch_size(self) -> int:
+        """The nominal batch size ``M·D``."""
+        return self.clusters_per_batch * self.samples_per_cluster
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        per_batch = self.clusters_per_batch * self.samples_per_cluster
-        return -(-len(self.sample_losses) // per_batch)
+        n = len(self.sample_losses)
+        return n // self.batch_size if self.epoch_length == "floor" else -(-n // self.batch_size)
 
     def record_losses(self, indices, losses) -> None:
         """Store the latest per-sample losses of a batch (duplicates: last one wins)."""
         losses = losses.detach().cpu().numpy() if torch.is_tensor(losses) else np.asarray(losses)
-        self.sample_losses[np.asarray(indices)] = losses
+        indices = np.asarray(indices)
+        self.sample_losses[indices] = losses
+        self.has_loss[indices] = True
+        if self.seed_probability == "official":  # recompute, and keep, the touched clusters'
+            touched = np.unique(self.index.assignments_.numpy()[indices])
+            sums, counts = self._recorded_sums()
+            self.stored_cluster_losses[touched] = sums[touched] / counts[touched]
+
+    def _recorded_sums(self):
+        """Per current cluster: the sum of its members' recorded losses and how many have one."""
+        assign = self.index.assignments_.numpy()
+        n = self.index.num_clusters
+        sums = np.bincount(assign, weights=np.where(self.has_loss, self.sample_losses, 0.0),
+                           minlength=n)
+        return sums, np.bincount(assign, weights=self.has_loss.astype(np.float64), minlength=n)
 
     def cluster_losses(self) -> np.ndarray:
-        """Mean recorded loss of every cluster's current members."""
+        """Every cluster's loss under ``seed_probability`` (see the class docstring)."""
+        if self.seed_probability == "official":
+            return self.stored_cluster_losses.copy()
+        if self.seed_probability == "recorded":
+            sums, counts = self._recorded_sums()
+            return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         assign = self.index.assignments_.numpy()
         n = self.index.num_clusters
         sums = np.bincount(assign, weights=self.sample_losses, minlength=n)

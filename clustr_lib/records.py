@@ -16,6 +16,7 @@ import platform
 import subprocess
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,6 +109,25 @@ def config_hash(value: dict) -> str:
     """Short SHA-1 of the canonical JSON of ``value``."""
     text = json.dumps(to_plain(value), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+_IDENTITIES = weakref.WeakKeyDictionary()  # data object → its identity
+
+
+def data_identity(data) -> dict:
+    """What identifies the data a run was trained and evaluated on, for its config (and so its
+    cache key): the dataset, both split sizes and a SHA-256 of the labels and images in order
+    (a subset, another subset seed or other files give another identity). Computed once per
+    data object."""
+    cached = _IDENTITIES.get(data)
+    if cached is None:
+        digest = hashlib.sha256()
+        for tensor in (data.y_train, data.y_test, data.x_train, data.x_test):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        cached = {"dataset": data.name, "train_size": int(len(data.y_train)),
+                  "test_size": int(len(data.y_test)), "sha256": digest.hexdigest()[:16]}
+        _IDENTITIES[data] = cached
+    return dict(cached)
 
 
 def record_path(directory, config: dict, kind: str | None = None, key: dict | None = None,

@@ -21,10 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .attacks import QTRADES_FORMS, project, qtrades_adversary, soft_cross_entropy
 from .checks import check_choice, check_positive, progress_enabled
-from .attacks import project, qtrades_adversary, soft_cross_entropy
-from .classify import ClusterClassifier, ClusterModel
-from .magnet import ClusterIndex, NeighbourhoodSampler, magnet_loss
+from .classify import ClusterClassifier, ClusterModel, normalised_scores
+from .data import TensorData
+from .magnet import (
+    EPOCH_LENGTHS,
+    SEED_PROBABILITIES,
+    ClusterIndex,
+    NeighbourhoodSampler,
+    magnet_loss,
+)
 
 
 @dataclass
@@ -164,11 +171,15 @@ def qtrades_term(log_q_adv: torch.Tensor, log_p: torch.Tensor, kind: str = "ce")
     return term.mean()
 
 
-def _qtrades_step(model, optimizer, x, y, generator, *, lam, eps, step_size, kind="ce", **_):
-    """QTRADES on the cross-entropy head: ``CE(f(x), y) + λ·CE(p(x_adv), p(x))`` (Eq. 5)."""
+def _qtrades_step(model, optimizer, x, y, generator, *, lam, eps, step_size, kind="ce",
+                  form="logprob", **_):
+    """QTRADES on the cross-entropy head: ``CE(f(x), y) + λ·CE(p(x_adv), p(x))`` (Eq. 5).
+
+    ``form`` is the adversary's (:func:`~clustr_lib.attacks.qtrades_adversary`): on a logits
+    head the official term is this one, so ``"official"`` changes only the clipped start."""
     logits = model(x)
     x_adv = qtrades_adversary(model, x, eps=eps, step_size=step_size, generator=generator,
-                              target=logits.softmax(1))
+                              target=logits.softmax(1), form=form)
     loss = F.cross_entropy(logits, y) + lam * qtrades_term(
         model(x_adv).log_softmax(1), logits.log_softmax(1), kind)
     optimizer.zero_grad(set_to_none=True)
@@ -222,12 +233,15 @@ def _free_at_step(model, optimizer, x, y, generator, *, replays, eps, state, **_
 
 def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int,
                         milestones=(), seed: int = 0, step: str = "nominal", step_args=None,
-                        checkpoint=None, progress: bool | None = None) -> History:
+                        checkpoint=None, progress: bool | None = None,
+                        flip: bool | None = None) -> History:
     """Cross-entropy training with Adam, lr ×0.1 at each of ``milestones`` (App. D).
 
     ``step`` selects the per-batch update: ``nominal`` (the ClusTR warm start),
-    ``qtrades`` (λ, ε, η, kind of :func:`qtrades_term`), ``trades`` (β, ε, η, iterations) or ``free_at`` (replays m, ε);
+    ``qtrades`` (λ, ε, η, kind of :func:`qtrades_term`, adversary ``form``), ``trades``
+    (β, ε, η, iterations) or ``free_at`` (replays m, ε);
     ``step_args`` holds their parameters. ``checkpoint``: a path; the run resumes from it.
+    ``flip``: random horizontal flips of the batches (``None``: the data's own setting).
     """
     check_choice(step, "training step", STEPS)
     check_positive(lr, "lr")
@@ -236,6 +250,9 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
     step_fn = {"nominal": nominal_step, "qtrades": _qtrades_step, "trades": _trades_step,
                "free_at": _free_at_step}[step]
     step_args = dict(step_args or {})
+    if flip and isinstance(data, TensorData):
+        raise ValueError("horizontal flips need images; these inputs are vectors")
+    batch_kwargs = {} if flip is None else {"flip": bool(flip)}
     y_all = data.y_train
     generators = _Generators(seed, y_all.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -247,7 +264,7 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
         total, correct = 0.0, 0
         for first in range(0, len(order), batch_size):
             idx = order[first:first + batch_size]
-            x = data.train_batch(idx, generators.device)
+            x = data.train_batch(idx, generators.device, **batch_kwargs)
             loss, logits = step_fn(model, optimizer, x, y_all[idx], generators.device,
                                    state=carry, **step_args)
             total += loss * len(idx)
@@ -261,11 +278,54 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
 # ---------------------------------------------------------------------------------------
 # Magnet fine-tuning (Sec. 3.3), optionally with the QTRADES term (Eq. 5).
 
+# Where σ² of Eq. (4) comes from at every (re)clustering (:func:`train_magnet`).
+VARIANCE_SOURCES = ("assignments", "second_pass")
+
+
+def _check_milestones(milestones) -> list[int]:
+    """Strictly increasing positive integer epochs."""
+    out = []
+    for m in milestones:
+        if isinstance(m, bool) or int(m) != m or int(m) < 1:
+            raise ValueError(f"lr milestones must be positive integer epochs, "
+                             f"got {list(milestones)}")
+        out.append(int(m))
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"lr milestones must be strictly increasing, got {out}")
+    return out
+
+
+@torch.no_grad()
+def embed_augmented(embedder: nn.Module, data, generator, flip=None,
+                    batch_size: int = 1024) -> torch.Tensor:
+    """Embeddings of the whole training set, each image augmented as a training batch is
+    (``data.train_batch``: crop if the dataset is augmented, flip if asked), in eval mode
+    without autograd (mode restored after); the official code's cluster refresh embeds its
+    augmented training set this way (``compute_reps`` on the transformed ``trainset``)."""
+    was_training = embedder.training
+    embedder.eval()
+    kwargs = {} if flip is None else {"flip": flip}
+    n = len(data.y_train)
+    out = torch.cat([embedder(data.train_batch(torch.arange(i, min(i + batch_size, n),
+                                                            device=data.y_train.device),
+                                               generator, **kwargs))
+                     for i in range(0, n, batch_size)])
+    embedder.train(was_training)
+    return out
+
+
 def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: float,
                  clusters_per_class: int = 2, clusters_per_batch: int = 12,
                  samples_per_cluster: int = 20, seed: int = 0, qtrades_lambda: float = 0.0,
                  qtrades_eps: float = 8 / 255, qtrades_step: float = 10 / 255,
-                 qtrades_loss: str = "ce", checkpoint=None, progress: bool | None = None):
+                 qtrades_loss: str = "ce", checkpoint=None, progress: bool | None = None,
+                 qtrades_form: str = "logprob", qtrades_adversary_grad: bool = False,
+                 train_num_nearest: int | None = None, milestones=(), flip: bool | None = None,
+                 seed_probability: str = "all_members", epoch_length: str = "ceil",
+                 drop_short_batches: bool = False, kmeans_random_state: int | None = None,
+                 kmeans_n_init: int = 1, kmeans_max_iter: int = 300,
+                 refresh_augment: bool = False, variance_from: str = "assignments",
+                 magnet_log_eps: float | None = None):
     """Magnet-loss training (Eq. 3) with neighbourhood sampling (App. D).
 
     Clusters come from per-class k-means++ on the embeddings of the whole training set
@@ -276,38 +336,130 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
     ``x_adv`` the one-step QTRADES adversary; gradients flow through both ``p``'s, as in
     TRADES (``qtrades_loss="kl"``: TRADES' KL instead, see :func:`qtrades_term`).
     Returns ``(index, history)``.
+
+    Every default keeps that recipe; each keyword below switches one difference to the
+    official code (github clustr-official-account/Rethinking-Clustering-for-Robustness,
+    ``main_clustr.py``, ``utils/magnet_training.py``, ``utils/magnet_tools.py``,
+    ``utils/setups.py``); the official value is in brackets.
+
+    * ``qtrades_form`` (``"official"``): the QTRADES term ``−Σ_c p_c(x)·log_softmax(s(x_adv))_c``
+      with ``s`` the raw class scores of Eq. (4) and ``p = s(x)/Σ s(x)`` from the training
+      forward, not detached; the adversary from a clipped start on the same term (see
+      :func:`magnet_step`, :func:`~clustr_lib.attacks.qtrades_adversary`).
+    * ``qtrades_adversary_grad`` (``True``): add the adversary's own objective at its random
+      start, weight 1, to the step's gradient (the official ``cost.backward()`` leaves it in
+      the parameters' ``.grad`` and the training backward adds to it); not in the logged loss.
+    * ``train_num_nearest`` (``10``, its ``--L``): ``L``, the clusters that enter every Eq. (4)
+      evaluation during training (QTRADES target, prediction and adversary, the logged
+      accuracy); ``None``: all clusters. The ``logprob`` QTRADES term needs all clusters
+      (it is infinite over fewer; refused with λ > 0).
+    * ``milestones`` (``[30, 60]``): lr ×0.1 at these epochs (``MultiStepLR``).
+    * ``flip`` (``True`` on CIFAR-10/100): random horizontal flips of the training batches
+      (``None``: the data's own setting).
+    * ``seed_probability`` (``"official"``): see :class:`~clustr_lib.magnet.NeighbourhoodSampler`.
+    * ``epoch_length`` (``"floor"``) and ``drop_short_batches`` (``True``): ``floor(N/(M·D))``
+      batches, and a batch with fewer than ``M·D`` samples (a cluster smaller than ``D``) is
+      drawn but not trained on (``drop_last=True`` of the official loader drops it).
+    * ``kmeans_random_state`` (``1``): every k-means uses this state (``None``: ``seed`` plus
+      the number of refreshes so far); ``kmeans_n_init`` (1 on CIFAR-10, 10 otherwise),
+      ``kmeans_max_iter`` (20 on CIFAR-10, 40 otherwise).
+    * ``refresh_augment`` (``True``): the initial clustering and each refresh embed the
+      *augmented* training set (:func:`embed_augmented`, with ``flip``).
+    * ``variance_from`` (``"second_pass"``): ``σ²`` of Eq. (4) from the k-means pass and its
+      assignments (``"assignments"``), or from a second pass over the training set (augmented
+      again if ``refresh_augment``), each sample to its nearest centroid of its own class.
+    * ``magnet_log_eps`` (``1e-8``): the Magnet loss with ``ε`` inside the log
+      (:func:`~clustr_lib.magnet.magnet_loss`), capping each sample at ``−log ε ≈ 18.42``.
+
+    All options are validated before any embedding or clustering starts.
     """
     check_positive(lr, "lr")
     check_positive(qtrades_lambda, "qtrades_lambda", allow_zero=True)
+    check_choice(qtrades_form, "QTRADES form", QTRADES_FORMS)
+    check_choice(qtrades_loss, "QTRADES loss", QTRADES_LOSSES)
+    if qtrades_form == "official" and qtrades_loss != "ce":
+        raise ValueError("the official QTRADES form is a cross-entropy term; "
+                         "qtrades_loss must be 'ce'")
+    check_choice(variance_from, "variance source", VARIANCE_SOURCES)
+    check_choice(seed_probability, "seed probability", SEED_PROBABILITIES)
+    check_choice(epoch_length, "epoch length", EPOCH_LENGTHS)
+    milestones = _check_milestones(milestones)
+    if magnet_log_eps is not None:
+        check_positive(magnet_log_eps, "magnet_log_eps")
+    if int(kmeans_n_init) < 1 or int(kmeans_max_iter) < 1:
+        raise ValueError(f"kmeans_n_init and kmeans_max_iter must be >= 1, got "
+                         f"{kmeans_n_init}, {kmeans_max_iter}")
     y_all = data.y_train
+    num_classes = int(y_all.max()) + 1
+    num_clusters = num_classes * int(clusters_per_class)
+    if train_num_nearest is not None and not 1 <= int(train_num_nearest) <= num_clusters:
+        raise ValueError(f"train_num_nearest (L) must be in [1, {num_clusters}] (the number of "
+                         f"clusters), got {train_num_nearest}")
+    if (qtrades_lambda > 0 and qtrades_form == "logprob" and train_num_nearest is not None
+            and int(train_num_nearest) < num_clusters):
+        raise ValueError(
+            f"qtrades_form='logprob' needs Eq. (4) over all {num_clusters} clusters "
+            f"(train_num_nearest=None): over the L={train_num_nearest} nearest, a class of p(x) "
+            f"can have no cluster among x_adv's L nearest and CE(p(x_adv), p(x)) is infinite; "
+            f"only the official form (raw scores) is finite there")
+    if flip and isinstance(data, TensorData):
+        raise ValueError("horizontal flips need images; these inputs are vectors")
+    batch_kwargs = {} if flip is None else {"flip": bool(flip)}
     generators = _Generators(seed, y_all.device)
-    index = ClusterIndex(clusters_per_class, random_state=seed).fit(
-        embed_all(embedder, data.train_images()), y_all.cpu())
-    sampler = NeighbourhoodSampler(index, clusters_per_batch, samples_per_cluster, seed=seed)
+    random_state = seed if kmeans_random_state is None else int(kmeans_random_state)
+    index = ClusterIndex(clusters_per_class, random_state=random_state, n_init=kmeans_n_init,
+                         max_iter=kmeans_max_iter,
+                         fixed_random_state=kmeans_random_state is not None)
+
+    def cluster_passes():
+        """Embeddings for k-means and, if separate, for σ²."""
+        if refresh_augment:
+            feats = embed_augmented(embedder, data, generators.device, flip)
+            if variance_from == "second_pass":
+                return feats, embed_augmented(embedder, data, generators.device, flip)
+            return feats, None
+        feats = embed_all(embedder, data.train_images())
+        return feats, feats if variance_from == "second_pass" else None
+
+    feats, var_feats = cluster_passes()
+    index.fit(feats, y_all.cpu(), variance_embeddings=var_feats)
+    sampler = NeighbourhoodSampler(index, clusters_per_batch, samples_per_cluster, seed=seed,
+                                   seed_probability=seed_probability, epoch_length=epoch_length)
     optimizer = torch.optim.Adam(embedder.parameters(), lr=lr)
+    scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+                 if milestones else None)
 
     def one_epoch():
-        total, correct, seen = 0.0, 0, 0
-        classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
+        total, correct, seen, trained = 0.0, 0, 0, 0
+        classifier = ClusterClassifier(index.centroids_, index.centroid_classes_,
+                                       index.variance_, num_nearest=train_num_nearest,
                                        num_classes=index.num_classes_)
         for batch in sampler:
+            if drop_short_batches and len(batch.indices) < sampler.batch_size:
+                continue
             idx = torch.from_numpy(batch.indices).to(y_all.device)
-            x, y = data.train_batch(idx, generators.device), y_all[idx]
+            x, y = data.train_batch(idx, generators.device, **batch_kwargs), y_all[idx]
             loss, per_sample, log_p = magnet_step(
                 embedder, optimizer, classifier, x, y, torch.from_numpy(batch.cluster_ids),
                 alpha=alpha, qtrades_lambda=qtrades_lambda, qtrades_eps=qtrades_eps,
-                qtrades_step=qtrades_step, qtrades_loss=qtrades_loss, generator=generators.device)
+                qtrades_step=qtrades_step, qtrades_loss=qtrades_loss, generator=generators.device,
+                qtrades_form=qtrades_form, adversary_grad=qtrades_adversary_grad,
+                log_eps=magnet_log_eps)
             sampler.record_losses(batch.indices, per_sample)
             total += loss
             correct += int((log_p.argmax(1) == y).sum())
             seen += len(y)
-        index.refresh(embed_all(embedder, data.train_images()))
-        return total / len(sampler), correct / max(seen, 1)
+            trained += 1
+        feats, var_feats = cluster_passes()
+        index.refresh(feats, variance_embeddings=var_feats)
+        return total / max(trained, 1), correct / max(seen, 1)
 
     def extra_state():
         return {"centroids": index.centroids_.cpu(), "assignments": index.assignments_,
                 "variance": index.variance_, "refreshes": index.refreshes_,
                 "sample_losses": torch.from_numpy(sampler.sample_losses),
+                "has_loss": torch.from_numpy(sampler.has_loss),
+                "cluster_losses": torch.from_numpy(sampler.stored_cluster_losses),
                 "sampler_rng": json.dumps(sampler.rng.bit_generator.state)}
 
     def restore_extra(state):
@@ -316,32 +468,66 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
         index.variance_ = float(state["variance"])
         index.refreshes_ = int(state["refreshes"])
         sampler.sample_losses = state["sample_losses"].numpy().copy()
+        if "has_loss" in state:
+            sampler.has_loss = state["has_loss"].numpy().copy()
+            sampler.stored_cluster_losses = state["cluster_losses"].numpy().copy()
         sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
         sampler.forget_members()  # the cached cluster membership is stale
 
-    history = _run_epochs("magnet", epochs, embedder, optimizer, None, generators, one_epoch,
+    history = _run_epochs("magnet", epochs, embedder, optimizer, scheduler, generators, one_epoch,
                           Checkpoint(checkpoint), progress, extra_state, restore_extra)
     return index, history
 
 
+def official_qtrades_term(scores_adv: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The official QTRADES term: batch mean of ``−Σ_c p_c · log_softmax(s(x_adv))_c``.
+
+    ``scores_adv``: the raw, unnormalised Eq. (4) class scores at ``x_adv`` (values in
+    ``[0, K]``, so ``log_softmax`` of them is close to uniform); ``p``: the clean input's
+    :func:`~clustr_lib.classify.normalised_scores`, *not* detached (``cross_ent(probs,
+    adv_scores)`` in the official utils/magnet_training.py).
+    """
+    return soft_cross_entropy(scores_adv.log_softmax(1), p).mean()
+
+
 def magnet_step(embedder, optimizer, classifier, x, y, cluster_ids, *, alpha, qtrades_lambda=0.0,
-                qtrades_eps=8 / 255, qtrades_step=10 / 255, qtrades_loss="ce", generator=None):
+                qtrades_eps=8 / 255, qtrades_step=10 / 255, qtrades_loss="ce", generator=None,
+                qtrades_form="logprob", adversary_grad=False, log_eps=None):
     """One Magnet (± QTRADES) update on a neighbourhood batch; returns ``(loss, per-sample
     Magnet losses, Eq. (4) log-probabilities of the batch)``.
+
+    ``qtrades_form="logprob"``: ``λ·CE(p(x_adv), p(x))`` on Eq. (4)'s log-probabilities
+    (:func:`qtrades_term`; infinite wherever a class of ``p(x)`` has no cluster among
+    ``x_adv``'s nearest, so :func:`train_magnet` uses it over all clusters only).
+    ``"official"``: ``λ·``:func:`official_qtrades_term` with ``p = normalised_scores(s(x))``
+    from this forward. ``adversary_grad`` adds the
+    adversary's objective at its start to the backward (not to the returned loss).
+    ``log_eps``: see :func:`~clustr_lib.magnet.magnet_loss`.
 
     The QTRADES adversary reuses the training forward's ``p(x)`` and needs only an input
     gradient, so the step costs two forward-backward passes plus one input-gradient pass.
     """
     features = embedder(x)
-    loss, per_sample, _ = magnet_loss(features, cluster_ids, y, alpha)
+    loss, per_sample, _ = magnet_loss(features, cluster_ids, y, alpha, log_eps=log_eps)
     log_p = classifier.log_proba(features)
+    extra = None
     if qtrades_lambda > 0:
         soft_model = ClusterModel(embedder, classifier)
-        x_adv = qtrades_adversary(soft_model, x, eps=qtrades_eps, step_size=qtrades_step,
-                                  generator=generator, target=log_p.exp())
-        loss = loss + qtrades_lambda * qtrades_term(soft_model(x_adv), log_p, qtrades_loss)
+        if qtrades_form == "official":
+            p = normalised_scores(classifier.scores(features))
+        else:
+            p = log_p.exp()
+        adv = qtrades_adversary(soft_model, x, eps=qtrades_eps, step_size=qtrades_step,
+                                generator=generator, target=p, form=qtrades_form,
+                                return_start_loss=adversary_grad)
+        x_adv, extra = adv if adversary_grad else (adv, None)
+        if qtrades_form == "official":
+            term = official_qtrades_term(soft_model.scores(x_adv), p)
+        else:
+            term = qtrades_term(soft_model(x_adv), log_p, qtrades_loss)
+        loss = loss + qtrades_lambda * term
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if extra is None else loss + extra).backward()
     optimizer.step()
     return loss.item(), per_sample, log_p
 

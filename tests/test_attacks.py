@@ -347,3 +347,108 @@ def test_the_official_rule_stops_updating_a_point_once_it_is_broken(rng):
     assert float(towards[broken].max()) <= 0.05 * float(a.abs().sum()) + 1e-5
     with pytest.raises(ValueError, match="unknown PGD rule"):
         pgd(model, x, y, eps=0.1, step_size=0.05, steps=1, rule="best")
+
+
+# --- The official QTRADES adversary (issue 9): NumPy transcription of its formula ----------
+
+class LinearEmbed(nn.Module):
+    def __init__(self, W):
+        super().__init__()
+        self.W = nn.Parameter(torch.as_tensor(W, dtype=torch.float64))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.W.T
+
+
+class RecordingClusterModel(ClusterModel):
+    """Keeps every input the raw scores are asked for."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.seen = []
+
+    def scores(self, x):
+        self.seen.append(x.detach().clone())
+        return super().scores(x)
+
+
+def numpy_raw_scores(f, mu, cls, var, L, num_classes):
+    """Eq. (4)'s raw class scores over the L nearest clusters, and their gradient pieces."""
+    sq = ((f[:, None, :] - mu[None]) ** 2).sum(2)
+    nearest = np.argsort(sq, 1, kind="stable")[:, :L]
+    e = np.zeros_like(sq)
+    np.put_along_axis(e, nearest, np.exp(-np.take_along_axis(sq, nearest, 1) / (2 * var)), 1)
+    onehot = cls[:, None] == np.arange(num_classes)[None]  # [C, classes]
+    return e @ onehot, e, onehot
+
+
+def numpy_official_adversary(x, noise, W, mu, cls, var, L, eps, step, num_classes):
+    """x' = clip(x + U(−ε, ε)); one signed step on −Σ p(x) log_softmax(s(x')); projection."""
+    p_s, _, _ = numpy_raw_scores(x @ W.T, mu, cls, var, L, num_classes)
+    p = p_s / np.maximum(p_s.sum(1, keepdims=True), 1e-12)
+    xs = np.clip(x + (2 * noise - 1) * eps, 0, 1)
+    f = xs @ W.T
+    s, e, onehot = numpy_raw_scores(f, mu, cls, var, L, num_classes)
+    z = s - s.max(1, keepdims=True)
+    log_q = z - np.log(np.exp(z).sum(1, keepdims=True))
+    loss = -(p * log_q).sum(1)
+    d_s = -p + p.sum(1, keepdims=True) * np.exp(log_q)            # ∂loss/∂s
+    d_e = d_s @ onehot.T                                           # ∂loss/∂e_j (0 outside top L)
+    d_f = (d_e * e)[:, :, None] * (-(f[:, None, :] - mu[None]) / var)
+    grad = d_f.sum(1) @ W
+    x_adv = np.clip(np.clip(xs + step * np.sign(grad), x - eps, x + eps), 0, 1)
+    return x_adv, xs, loss
+
+
+def test_official_qtrades_adversary_matches_its_numpy_transcription(rng):
+    n, d_in, d_emb, num_classes, k, L = 40, 12, 5, 4, 2, 5
+    W = rng.normal(size=(d_emb, d_in))
+    mu = rng.normal(size=(num_classes * k, d_emb)) * 2
+    cls = np.repeat(np.arange(num_classes), k)
+    var = 1.7
+    x = rng.uniform(0, 1, size=(n, d_in))
+    x[:, :3] = 0.0  # the box binds: the start must be clipped
+    x[:, 3:5] = 1.0
+    eps, step = 0.1, 0.03
+    clf = ClusterClassifier(torch.tensor(mu), torch.tensor(cls), var, num_nearest=L,
+                            num_classes=num_classes)
+    model = RecordingClusterModel(LinearEmbed(W), clf)
+    xt = torch.tensor(x)
+    x_adv, start_loss = qtrades_adversary(model, xt, eps=eps, step_size=step, form="official",
+                                          generator=torch.Generator().manual_seed(5),
+                                          return_start_loss=True)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected, xs, loss = numpy_official_adversary(x, noise.numpy(), W, mu, cls, var, L, eps, step,
+                                                  num_classes)
+    np.testing.assert_allclose(x_adv.numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(model.seen[-1].numpy(), xs, atol=1e-12)  # the clipped start
+    assert float(model.seen[-1].min()) >= 0 and float(model.seen[-1].max()) <= 1
+    assert float(start_loss.detach()) == pytest.approx(loss.mean(), rel=1e-10)
+    assert start_loss.requires_grad  # its graph is kept for the caller's backward
+    assert float((x_adv - xt).abs().max()) <= eps + 1e-12
+    # the objective differs from the logprob form's: the ascent direction is not the same
+    lp = qtrades_adversary(model, xt, eps=eps, step_size=step,
+                           generator=torch.Generator().manual_seed(5))
+    assert float((lp != x_adv).double().mean()) > 0.05
+
+
+def test_official_qtrades_adversary_on_logits_only_clips_the_start(rng):
+    W = rng.normal(size=(3, 8)).astype(np.float32)
+    model = LinearLogits(W, np.zeros(3))
+    x = torch.tensor(rng.uniform(0, 1, size=(50, 8)), dtype=torch.float32)
+    x[:, 0] = 0.0
+    eps, step = 8 / 255, 10 / 255
+    x_adv = qtrades_adversary(model, x, eps=eps, step_size=step, form="official",
+                              generator=torch.Generator().manual_seed(7))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)).numpy()
+    xs = np.clip(x.numpy() + (2 * noise - 1) * eps, 0, 1)
+    p = F.softmax(torch.tensor(x.numpy() @ W.T), 1).numpy()
+    q = F.softmax(torch.tensor(xs @ W.T), 1).numpy()
+    grad = (q - p) @ W
+    expected = np.clip(np.clip(xs + step * np.sign(grad), x.numpy() - eps, x.numpy() + eps), 0, 1)
+    np.testing.assert_allclose(x_adv.numpy(), expected, atol=1e-6)
+
+
+def test_qtrades_adversary_rejects_an_unknown_form(cluster_model):
+    with pytest.raises(ValueError, match="QTRADES form"):
+        qtrades_adversary(cluster_model, torch.rand(2, 6), eps=0.1, step_size=0.1, form="paper")

@@ -108,3 +108,36 @@ def test_train_batch_is_float_in_unit_range():
     d.augment = True
     batch = d.train_batch(torch.arange(10))
     assert batch.dtype == torch.float32 and float(batch.min()) >= 0 and float(batch.max()) <= 1
+
+
+# --- Horizontal flips (the official code's RandomHorizontalFlip on CIFAR; issue 9) --------
+
+def test_random_flip_mirrors_about_half_of_the_images(rng):
+    x = torch.tensor(rng.integers(0, 256, size=(400, 3, 4, 5)), dtype=torch.uint8)
+    out = data.random_flip(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    same = (out == x).flatten(1).all(1).numpy()
+    mirrored = (out.numpy() == x.numpy()[..., ::-1]).reshape(400, -1).all(1)
+    assert np.all(same | mirrored)  # each image is itself or its left-right mirror
+    assert not np.any(same & mirrored)  # (random images are not symmetric)
+    assert 160 < mirrored.sum() < 240  # p = 1/2 (±4 sd)
+    np.testing.assert_array_equal(out.numpy()[mirrored][..., 0], x.numpy()[mirrored][..., -1])
+
+
+def test_train_batch_flips_only_when_asked():
+    d = data.load_images("digits32", train_size=64, test_size=8)
+    assert d.flip is False
+    idx = torch.arange(64)
+    plain = d.x_train.float() / 255
+    assert torch.equal(d.train_batch(idx, torch.Generator().manual_seed(0)), plain)
+    flipped = d.train_batch(idx, torch.Generator().manual_seed(0), flip=True)
+    is_mirror = (flipped == plain.flip(-1)).flatten(1).all(1)
+    is_same = (flipped == plain).flatten(1).all(1)
+    assert bool((is_mirror | is_same).all()) and 10 < int((is_mirror & ~is_same).sum()) < 54
+    on = data.load_images("digits32", train_size=64, test_size=8, flip=True)
+    assert on.flip is True
+    assert torch.equal(on.train_batch(idx, torch.Generator().manual_seed(0)), flipped)
+    assert torch.equal(on.train_batch(idx, torch.Generator().manual_seed(0), flip=False), plain)
+    with pytest.raises(ValueError, match="images"):
+        vectors = data.TensorData(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]))
+        vectors.train_batch(idx[:2], flip=True)

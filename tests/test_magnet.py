@@ -131,3 +131,104 @@ def test_cluster_index_rejects_bad_input():
         index.refresh(torch.randn(5, 2))
     with pytest.raises(RuntimeError, match="fit"):
         ClusterIndex(1).refresh(torch.randn(4, 2))
+
+
+# --- Official-recipe options (issue 9) --------------------------------------------------
+
+def numpy_official_magnet(f, cluster, cls, alpha, eps):
+    """The official code's per-sample loss, written in exp space as it is there:
+    relu(−log(num / (den + ε) + ε)), num = exp(−d_own/(2σ²) − α), den = Σ_other exp(−d/(2σ²))."""
+    n = len(f)
+    ids = sorted(set(cluster.tolist()))
+    mu = {c: f[cluster == c].mean(0) for c in ids}
+    cclass = {c: cls[cluster == c][0] for c in ids}
+    var = sum(np.sum((f[i] - mu[cluster[i]]) ** 2) for i in range(n)) / (n - 1)
+    out = []
+    for i in range(n):
+        num = np.exp(-np.sum((f[i] - mu[cluster[i]]) ** 2) / (2 * var) - alpha)
+        den = sum(np.exp(-np.sum((f[i] - mu[c]) ** 2) / (2 * var))
+                  for c in ids if cclass[c] != cls[i])
+        out.append(max(0.0, -np.log(num / (den + eps) + eps)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 12.5])
+def test_magnet_loss_with_the_official_log_epsilon_matches_numpy(rng, alpha):
+    cluster = np.repeat(np.arange(6), 5)
+    cls = cluster // 2
+    f = rng.normal(size=(30, 4)) + rng.normal(size=(6, 4)).repeat(5, 0) * 1.5
+    expected = numpy_official_magnet(f, cluster, cls, alpha, 1e-8)
+    _, per_sample, _ = magnet_loss(torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha,
+                                   log_eps=1e-8)
+    np.testing.assert_allclose(per_sample.numpy(), expected, rtol=1e-9, atol=1e-9)
+    exact = magnet_loss(torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha)[1].numpy()
+    # −log(r + ε) = ℓ − log(1 + ε·e^ℓ) (the impostor sum ≫ ε here): ~1e-4 lower at ℓ = 10
+    active = exact > 0
+    np.testing.assert_allclose(per_sample.numpy()[active],
+                               exact[active] - np.log1p(1e-8 * np.exp(exact[active])),
+                               rtol=1e-7, atol=1e-7)
+
+
+def test_the_official_log_epsilon_caps_the_per_sample_loss_near_18_4(rng):
+    # 20 samples around 0 and 20 around (100, 0); sample 0, of the first cluster, sits on the second
+    f = np.concatenate([rng.normal(size=(20, 2)) * 0.1, rng.normal(size=(20, 2)) * 0.1 + [100, 0]])
+    f[0] = [100.0, 0.0]
+    f = torch.tensor(f)
+    cluster = torch.tensor([0] * 20 + [1] * 20)
+    exact = magnet_loss(f, cluster, cluster, 12.5)[1]
+    capped = magnet_loss(f, cluster, cluster, 12.5, log_eps=1e-8)[1]
+    cap = -np.log(1e-8)
+    assert cap == pytest.approx(18.4207, abs=1e-4)
+    assert float(exact[0]) > 30  # α + d_own/(2σ²) + log(≈1)
+    assert cap - 1e-3 < float(capped[0]) <= cap + 1e-12
+    assert float(capped.max()) <= cap + 1e-12
+    # and its gradient is (almost) gone: the sample lies far past the cap
+    f.requires_grad_(True)
+    g_exact = torch.autograd.grad(magnet_loss(f, cluster, cluster, 12.5)[1][0], f)[0]
+    g_capped = torch.autograd.grad(magnet_loss(f, cluster, cluster, 12.5, log_eps=1e-8)[1][0], f)[0]
+    assert float(g_capped.norm()) < 1e-3 * float(g_exact.norm())
+    centres = torch.tensor([[0.0, 0.0], [100.0, 0.0]], dtype=torch.float64)
+    fixed = magnet_loss_fixed_clusters(f[:1].detach(), torch.tensor([0]), centres,
+                                       torch.tensor([0, 1]), 1.0, 12.5, log_eps=1e-8)
+    assert float(fixed[0]) == pytest.approx(cap, abs=1e-6)
+    with pytest.raises(ValueError, match="magnet_log_eps"):
+        magnet_loss(f, cluster, cluster, 12.5, log_eps=0.0)
+
+
+def test_kmeans_with_a_fixed_state_is_sklearns_with_the_official_settings(rng):
+    from sklearn.cluster import KMeans
+
+    labels = np.repeat(np.arange(3), 40)
+    f = rng.normal(size=(120, 5)) + labels[:, None] * 3.0
+    index = ClusterIndex(2, random_state=1, n_init=10, max_iter=40, fixed_random_state=True)
+    index.fit(torch.tensor(f), torch.tensor(labels))
+    first = index.centroids_.clone()
+    index.refresh(torch.tensor(f))  # the same state at every refresh: the same clustering
+    assert torch.equal(index.centroids_, first) and index.refreshes_ == 2
+    for c in range(3):
+        km = KMeans(n_clusters=2, init="k-means++", n_init=10, max_iter=40, random_state=1)
+        local = km.fit_predict(f[labels == c])
+        np.testing.assert_allclose(first[2 * c:2 * c + 2].numpy(), km.cluster_centers_)
+        np.testing.assert_array_equal(index.assignments_.numpy()[labels == c], 2 * c + local)
+    moving = ClusterIndex(2, random_state=1).fit(torch.tensor(f), torch.tensor(labels))
+    assert moving.random_state + moving.refreshes_ - 1 == 1  # today's: seed + refresh count
+    with pytest.raises(ValueError, match="n_init and max_iter"):
+        ClusterIndex(2, n_init=0)
+    with pytest.raises(ValueError, match="n_init and max_iter"):
+        ClusterIndex(2, max_iter=0)
+
+
+def test_variance_from_a_second_pass_uses_the_nearest_centroid_of_the_own_class(rng):
+    labels = np.repeat(np.arange(3), 30)
+    f = rng.normal(size=(90, 4)) + labels[:, None] * 4.0
+    g = f + rng.normal(size=f.shape) * 0.5  # another (augmented) pass
+    index = ClusterIndex(2, random_state=0).fit(torch.tensor(f), torch.tensor(labels),
+                                                 variance_embeddings=torch.tensor(g))
+    cent, cls = index.centroids_.numpy(), index.centroid_classes_.numpy()
+    expected = sum(min(((g[i] - cent[j]) ** 2).sum() for j in range(6) if cls[j] == labels[i])
+                   for i in range(90)) / 89
+    assert index.variance_ == pytest.approx(expected, rel=1e-10)
+    same = ClusterIndex(2, random_state=0).fit(torch.tensor(f), torch.tensor(labels))
+    assert torch.equal(same.centroids_, index.centroids_)  # k-means sees only the first pass
+    with pytest.raises(ValueError, match="variance_embeddings"):
+        index.refresh(torch.tensor(f), variance_embeddings=torch.tensor(g[:10]))

@@ -91,3 +91,76 @@ def test_sampler_rejects_bad_parameters(index):
         NeighbourhoodSampler(index, clusters_per_batch=1)
     with pytest.raises(ValueError, match="fitted"):
         NeighbourhoodSampler(ClusterIndex(2))
+
+
+# --- Seed probabilities and epoch length as the official code has them (issue 9) --------
+
+@pytest.fixture
+def tiny_index():
+    """3 classes x 1 cluster: samples 0-3 (class 0), 4-7 (class 1), 8-11 (class 2)."""
+    labels = np.repeat(np.arange(3), 4)
+    f = labels[:, None] * 10.0 + np.arange(12)[:, None] * 0.01
+    return ClusterIndex(1).fit(torch.tensor(f), torch.tensor(labels))
+
+
+def test_seed_probabilities_by_hand(tiny_index):
+    samplers = {m: NeighbourhoodSampler(tiny_index, 2, 2, seed=0, seed_probability=m)
+                for m in ("all_members", "recorded", "official")}
+    for s in samplers.values():
+        np.testing.assert_allclose(s.seed_probabilities(), [1 / 3] * 3)  # no loss yet: uniform
+        s.record_losses(np.array([0, 1, 4]), np.array([2.0, 4.0, 6.0]))
+    # cluster 0: losses 2, 4 recorded of 4 members; cluster 1: 6 of 4 members; cluster 2: none
+    np.testing.assert_allclose(samplers["all_members"].cluster_losses(), [6 / 4, 6 / 4, 0])
+    np.testing.assert_allclose(samplers["recorded"].cluster_losses(), [3.0, 6.0, 0.0])
+    np.testing.assert_allclose(samplers["official"].cluster_losses(), [3.0, 6.0, 0.0])
+    np.testing.assert_allclose(samplers["all_members"].seed_probabilities(), [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(samplers["recorded"].seed_probabilities(), [1 / 3, 2 / 3, 0.0])
+    # a refresh moves samples 3 and 4 into other clusters (a hand-made assignment)
+    tiny_index.assignments_ = torch.tensor([0, 0, 0, 1, 2, 1, 1, 1, 2, 2, 2, 2])
+    tiny_index.refreshes_ += 1
+    # recorded: re-keyed at once. cluster 0 = {0,1,2}: (2+4)/2; cluster 1 = {3,5,6,7}: none;
+    # cluster 2 = {4,8,...}: 6
+    np.testing.assert_allclose(samplers["recorded"].cluster_losses(), [3.0, 0.0, 6.0])
+    # official: kept under the old ids until a batch touches the cluster
+    np.testing.assert_allclose(samplers["official"].cluster_losses(), [3.0, 6.0, 0.0])
+    for s in samplers.values():
+        s.record_losses(np.array([8]), np.array([1.0]))  # touches cluster 2 only
+    np.testing.assert_allclose(samplers["official"].cluster_losses(), [3.0, 6.0, 3.5])  # (6+1)/2
+    np.testing.assert_allclose(samplers["official"].seed_probabilities(),
+                               [3 / 12.5, 6 / 12.5, 3.5 / 12.5])
+    np.testing.assert_allclose(samplers["recorded"].cluster_losses(), [3.0, 0.0, 3.5])
+    np.testing.assert_allclose(samplers["all_members"].cluster_losses(), [2.0, 0.0, 7 / 5])
+
+
+def test_official_seed_draws_follow_the_stored_losses(tiny_index):
+    sampler = NeighbourhoodSampler(tiny_index, 2, 1, seed=4, seed_probability="official")
+    sampler.record_losses(np.arange(12), np.repeat([1.0, 3.0, 0.0], 4))
+    seeds = [int(sampler.sample().cluster_ids[0]) for _ in range(4000)]
+    observed = np.bincount(seeds, minlength=3)
+    assert observed[2] == 0  # a cluster with zero loss never seeds
+    assert stats.binomtest(int(observed[1]), 4000, 0.75).pvalue > 1e-3
+
+
+def test_all_zero_recorded_losses_draw_uniformly(tiny_index):
+    for mode in ("all_members", "recorded", "official"):
+        sampler = NeighbourhoodSampler(tiny_index, 2, 1, seed=0, seed_probability=mode)
+        sampler.record_losses(np.arange(12), np.zeros(12))
+        np.testing.assert_allclose(sampler.seed_probabilities(), [1 / 3] * 3)
+
+
+def test_epoch_length_floor_and_ceil_by_hand(index):
+    # 300 samples, M·D = 40: ceil 8 batches (today), floor 7 (official drop_last)
+    assert len(NeighbourhoodSampler(index, 4, 10, epoch_length="ceil")) == 8
+    floor = NeighbourhoodSampler(index, 4, 10, epoch_length="floor")
+    assert len(floor) == 7 == len(list(floor))
+    assert len(NeighbourhoodSampler(index, 5, 12, epoch_length="floor")) == 5  # 300 / 60 exactly
+    assert floor.batch_size == 40
+    with pytest.raises(ValueError, match="no batch"):
+        NeighbourhoodSampler(index, 6, 60, epoch_length="floor")  # 360 > 300
+
+
+def test_sampler_rejects_unknown_modes(index):
+    with pytest.raises(ValueError, match="seed probability"):
+        NeighbourhoodSampler(index, 2, 2, seed_probability="loss")
+    with pytest.raises(ValueError, match="epoch length"):
+        NeighbourhoodSampler(index, 2, 2, epoch_length="round")

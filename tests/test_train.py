@@ -88,3 +88,227 @@ def test_qtrades_terms_match_numpy(rng):
     assert float(qtrades_term(log_q, log_p, "ce")) == pytest.approx(ce, rel=1e-10)
     assert float(qtrades_term(log_q, log_p, "kl")) == pytest.approx(kl, rel=1e-10)
     assert float(qtrades_term(log_p, log_p, "kl")) == pytest.approx(0.0, abs=1e-12)
+
+
+# --- The official recipe's options (issue 9) ------------------------------------------
+
+import numpy as np  # noqa: E402
+from torch import nn  # noqa: E402
+
+from clustr_lib.classify import ClusterClassifier, ClusterModel, normalised_scores  # noqa: E402
+from clustr_lib.train import magnet_step, official_qtrades_term  # noqa: E402
+
+
+def _numpy_scores(f, mu, cls, var, L, num_classes):
+    sq = ((f[:, None, :] - mu[None]) ** 2).sum(2)
+    nearest = np.argsort(sq, 1, kind="stable")[:, :L]
+    e = np.zeros_like(sq)
+    np.put_along_axis(e, nearest, np.exp(-np.take_along_axis(sq, nearest, 1) / (2 * var)), 1)
+    onehot = (cls[:, None] == np.arange(num_classes)[None]).astype(float)
+    return e @ onehot, e, onehot
+
+
+def test_official_qtrades_term_matches_numpy_and_its_target_is_not_detached(rng):
+    n, dim, num_classes, k, L = 30, 4, 5, 2, 6
+    mu = rng.normal(size=(num_classes * k, dim)) * 1.5
+    cls = np.repeat(np.arange(num_classes), k)
+    var = 1.3
+    f, f_adv = rng.normal(size=(n, dim)), rng.normal(size=(n, dim))
+    clf = ClusterClassifier(torch.tensor(mu), torch.tensor(cls), var, num_nearest=L,
+                            num_classes=num_classes)
+    ft = torch.tensor(f, requires_grad=True)
+    fa = torch.tensor(f_adv, requires_grad=True)
+    term = official_qtrades_term(clf.scores(fa), normalised_scores(clf.scores(ft)))
+    g_clean, g_adv = torch.autograd.grad(term, (ft, fa))
+    # NumPy: p = s(x)/Σs(x), log q = log_softmax(s(x_adv)), T = mean −Σ p log q
+    s, e, onehot = _numpy_scores(f, mu, cls, var, L, num_classes)
+    S = s.sum(1, keepdims=True)
+    p = s / S
+    sa, ea, _ = _numpy_scores(f_adv, mu, cls, var, L, num_classes)
+    log_q = sa - sa.max(1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(1, keepdims=True))
+    value = float(term.detach())
+    assert value == pytest.approx(-(p * log_q).sum(1).mean(), rel=1e-12)
+    assert 0.8 * np.log(num_classes) < value  # raw scores in [0, K]: q is nearly flat
+    # ∂T/∂s(x) = (−log q + Σ p log q) / (N·S): the target carries gradient
+    d_s = (-log_q + (p * log_q).sum(1, keepdims=True)) / (n * S)
+    expected = ((d_s @ onehot.T) * e)[:, :, None] * (-(f[:, None, :] - mu[None]) / var)
+    np.testing.assert_allclose(g_clean.numpy(), expected.sum(1), rtol=1e-9, atol=1e-12)
+    assert float(g_clean.abs().max()) > 1e-3
+    d_sa = (-p + np.exp(log_q)) / n
+    expected_adv = ((d_sa @ onehot.T) * ea)[:, :, None] * (-(f_adv[:, None, :] - mu[None]) / var)
+    np.testing.assert_allclose(g_adv.numpy(), expected_adv.sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_official_step_adds_the_adversarys_start_gradient(rng):
+    torch.manual_seed(0)
+    embedder = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).double()
+    mu = torch.tensor(rng.normal(size=(6, 4)))
+    clf = ClusterClassifier(mu, torch.tensor([0, 0, 1, 1, 2, 2]), 1.0, num_nearest=4)
+    x = torch.tensor(rng.uniform(0, 1, size=(12, 3, 2, 2)))
+    y = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    clusters = torch.tensor([0] * 4 + [2] * 4 + [4] * 4)
+    optimizer = torch.optim.SGD(embedder.parameters(), lr=0.0)
+    kwargs = dict(alpha=1.0, qtrades_lambda=2.0, qtrades_eps=0.1, qtrades_step=0.05,
+                  qtrades_form="official")
+    grads, losses = {}, {}
+    for leak in (False, True):
+        losses[leak] = magnet_step(embedder, optimizer, clf, x, y, clusters, adversary_grad=leak,
+                                   generator=torch.Generator().manual_seed(3), **kwargs)[0]
+        grads[leak] = [p.grad.clone() for p in embedder.parameters()]
+    # independently: the adversary's objective at its clipped start, p(x) detached, batch mean
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    start = (x + (2 * noise - 1) * 0.1).clamp(0, 1)
+    model = ClusterModel(embedder, clf)
+    with torch.no_grad():
+        p = normalised_scores(model.scores(x))
+    cost = -(p * model.scores(start).log_softmax(1)).sum(1).mean()
+    extra = torch.autograd.grad(cost, list(embedder.parameters()))
+    for g_leak, g_plain, g_extra in zip(grads[True], grads[False], extra):
+        torch.testing.assert_close(g_leak - g_plain, g_extra, rtol=1e-9, atol=1e-12)
+    assert losses[True] == losses[False]  # not part of the logged loss
+
+
+def _blobs(sizes, seed=0):
+    g = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(sizes)), sizes)
+    x = g.normal(size=(len(y), 2)) * 0.3 + np.stack([np.cos(y * 2.1), np.sin(y * 2.1)], 1) * 3
+    return data.TensorData(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+
+
+class TrainSteps(nn.Module):
+    """A small MLP that counts its training-mode forward calls (one per Magnet step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += int(self.training)
+        return self.net(x)
+
+
+def test_train_magnet_validates_the_official_options_before_any_work():
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise AssertionError("embedded before validating")
+
+    d = _blobs([20, 20, 20])  # 3 classes, K = 2: 6 clusters
+    base = dict(epochs=1, lr=1e-3, alpha=1.0, clusters_per_batch=3, samples_per_cluster=4,
+                progress=False)
+    bad = [({"qtrades_form": "paper"}, "QTRADES form"),
+           ({"train_num_nearest": 0}, "train_num_nearest"),
+           ({"train_num_nearest": 7}, r"\[1, 6\]"),
+           ({"milestones": (30, 30)}, "strictly increasing"),
+           ({"milestones": (60, 30)}, "strictly increasing"),
+           ({"milestones": (0, 3)}, "positive integer"),
+           ({"milestones": (1.5,)}, "positive integer"),
+           ({"seed_probability": "loss"}, "seed probability"),
+           ({"epoch_length": "round"}, "epoch length"),
+           ({"variance_from": "test"}, "variance source"),
+           ({"kmeans_n_init": 0}, "kmeans_n_init"),
+           ({"kmeans_max_iter": 0}, "kmeans_max_iter"),
+           ({"magnet_log_eps": -1e-8}, "magnet_log_eps"),
+           ({"flip": True}, "images"),
+           ({"qtrades_form": "official", "qtrades_loss": "kl"}, "cross-entropy"),
+           ({"qtrades_lambda": 1.0, "train_num_nearest": 4}, "all 6 clusters")]
+    for options, message in bad:
+        with pytest.raises(ValueError, match=message):
+            train_magnet(Boom(), d, **base, **options)
+    # fine: L with the official form, or with no QTRADES term; L = all clusters with logprob
+    for options in ({"qtrades_lambda": 1.0, "qtrades_form": "official", "train_num_nearest": 4},
+                    {"train_num_nearest": 4}, {"qtrades_lambda": 1.0, "train_num_nearest": 6}):
+        train_magnet(TrainSteps(), d, **base, **options)
+
+
+def test_magnet_lr_drops_tenfold_at_each_milestone(tmp_path):
+    d = _blobs([30, 30, 30])
+    kwargs = dict(lr=1e-2, alpha=1.0, clusters_per_class=1, clusters_per_batch=3,
+                  samples_per_cluster=10, progress=False)
+    for epochs, expected in [(1, 1e-2), (2, 1e-3), (3, 1e-4), (4, 1e-4)]:
+        path = tmp_path / f"m{epochs}.pt"
+        train_magnet(TrainSteps(), d, epochs=epochs, milestones=(2, 3), checkpoint=path, **kwargs)
+        lr = torch.load(path, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+        assert lr == pytest.approx(expected, rel=1e-12)
+    train_magnet(TrainSteps(), d, epochs=3, checkpoint=tmp_path / "none.pt", **kwargs)
+    state = torch.load(tmp_path / "none.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-2
+
+
+@pytest.mark.parametrize("sizes,epoch_length,drop,steps", [
+    ([50, 45], "ceil", False, 5),    # 95 samples, M·D = 20: ceil 5
+    ([50, 45], "floor", False, 4),   # floor 4
+    ([50, 45], "floor", True, 4),    # no short batch to drop
+    ([5, 90], "floor", False, 4),    # every batch is 5 + 10 = 15 < 20 samples ...
+    ([5, 90], "floor", True, 0),     # ... so the official loader drops every one
+])
+def test_epoch_length_and_short_batches_by_hand(sizes, epoch_length, drop, steps):
+    net = TrainSteps()
+    _, history = train_magnet(net, _blobs(sizes), epochs=2, lr=1e-3, alpha=1.0,
+                              clusters_per_class=1, clusters_per_batch=2, samples_per_cluster=10,
+                              epoch_length=epoch_length, drop_short_batches=drop, progress=False)
+    assert net.calls == 2 * steps
+    assert len(history.loss) == 2
+
+
+class EvalRecorder(nn.Module):
+    """A linear embedder that keeps the inputs of its eval-mode (clustering) passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3 * 32 * 32, 8)
+        self.seen = []
+
+    def forward(self, x):
+        if not self.training:
+            self.seen.append(x.detach().clone())
+        return self.lin(x.flatten(1))
+
+
+@pytest.mark.parametrize("augment,second_pass", [(False, False), (True, False), (True, True)])
+def test_cluster_refresh_embeds_the_augmented_training_set_when_asked(augment, second_pass):
+    d = data.load_images("digits32", train_size=120, test_size=10, seed=0)
+    d.augment = True
+    torch.manual_seed(0)
+    net = EvalRecorder()
+    train_magnet(net, d, epochs=2, lr=1e-3, alpha=1.0, clusters_per_class=1, clusters_per_batch=3,
+                 samples_per_cluster=5, flip=True, refresh_augment=augment,
+                 variance_from="second_pass" if second_pass else "assignments", progress=False)
+    seen = torch.cat(net.seen)
+    passes = 3 * (2 if second_pass else 1)  # the initial clustering and one refresh per epoch
+    assert len(seen) == passes * 120
+    plain = d.train_images()
+    unchanged = (seen.view(passes, 120, -1) == plain.flatten(1)).all(2).float().mean()
+    if augment:
+        assert float(unchanged) < 0.2  # cropped (and flipped): almost never the original
+    else:
+        assert float(unchanged) == 1.0
+
+
+def test_interrupted_official_recipe_run_resumes_to_the_same_weights_and_clusters(tmp_path):
+    d = small_digits()
+    d.augment = True
+    kwargs = dict(lr=1e-3, alpha=12.5, clusters_per_class=2, clusters_per_batch=4,
+                  samples_per_cluster=10, seed=1, qtrades_lambda=2.0, qtrades_form="official",
+                  qtrades_adversary_grad=True, train_num_nearest=6, milestones=(2,), flip=True,
+                  seed_probability="official", epoch_length="floor", drop_short_batches=True,
+                  kmeans_random_state=1, kmeans_n_init=2, kmeans_max_iter=20,
+                  refresh_augment=True, variance_from="second_pass", magnet_log_eps=1e-8,
+                  progress=False)
+
+    def fresh():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.BatchNorm2d(4), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(4 * 8 * 8, 8))
+
+    straight = fresh()
+    index1, h1 = train_magnet(straight, d, epochs=3, **kwargs)
+    train_magnet(fresh(), d, epochs=2, checkpoint=tmp_path / "m.pt", **kwargs)
+    resumed = fresh()
+    index2, h2 = train_magnet(resumed, d, epochs=3, checkpoint=tmp_path / "m.pt", **kwargs)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(index1.centroids_, index2.centroids_)
+    assert index1.variance_ == index2.variance_ and h1.loss == h2.loss
+    assert all(np.isfinite(h1.loss)) and max(h1.loss) < 12.5 + 2.0 * 10 + 18.5
