@@ -12,8 +12,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clustr_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebooks with papermill")
-    run.add_argument("--profile", default=book.DEFAULT_PROFILE,
-                     help="parameter profile from notebooks/profiles.yml (default: %(default)s)")
+    run.add_argument(
+        "--profile",
+        default=book.DEFAULT_PROFILE,
+        help="parameter profile from notebooks/profiles.yml (default: %(default)s)",
+    )
     run.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
     build = sub.add_parser("build", help="build the Jupyter Book (warnings are errors)")
     build.add_argument("--no-strict", action="store_true", help="do not fail on warnings")

@@ -28,8 +28,9 @@ NORMS = ("linf", "l2")
 PGD_RULES = ("official", "any_restart", "any_iterate")
 
 
-def attack_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str,
-                     alpha: float | None = None) -> torch.Tensor:
+def attack_objective(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str, alpha: float | None = None
+) -> torch.Tensor:
     """``[N]`` per-sample loss that an attack maximises.
 
     * ``paper``: ``F.cross_entropy`` on the *unnormalised* class scores of Eq. (4),
@@ -48,8 +49,9 @@ def attack_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objecti
         if alpha is None:
             raise ValueError("the magnet objective needs alpha (the Magnet loss margin)")
         clf = model.classifier
-        return magnet_loss_fixed_clusters(model.embed(x), y, clf.centroids, clf.centroid_classes,
-                                          clf.variance, alpha)
+        return magnet_loss_fixed_clusters(
+            model.embed(x), y, clf.centroids, clf.centroid_classes, clf.variance, alpha
+        )
     if objective == "paper" and is_cluster:
         return F.cross_entropy(model.scores(x), y, reduction="none")
     z = model(x)
@@ -111,7 +113,7 @@ def evaluating(model: nn.Module):
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """``[N]`` predicted classes, in batches."""
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -158,11 +160,26 @@ def _check_attack_inputs(x, y, eps, norm):
     return y, eps
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: int,
-        restarts: int = 1, norm: str = "linf", objective: str = "ce", alpha: float | None = None,
-        random_start: bool = True, seed: int | None = 0, restarts_per_pass: int | None = None,
-        report_steps=None, prune: bool = True, trace: bool = False,
-        rule: str = "any_restart") -> AttackResult:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    *,
+    eps,
+    step_size: float,
+    steps: int,
+    restarts: int = 1,
+    norm: str = "linf",
+    objective: str = "ce",
+    alpha: float | None = None,
+    random_start: bool = True,
+    seed: int | None = 0,
+    restarts_per_pass: int | None = None,
+    report_steps=None,
+    prune: bool = True,
+    trace: bool = False,
+    rule: str = "any_restart",
+) -> AttackResult:
     """Projected gradient ascent (Madry et al.; the paper's PGD₂₀/PGD₁₀₀, Sec. 4.2).
 
     ``x_{k+1} = Π(x_k + η · sign ∇ℓ)`` under ℓ∞ (``η · ∇ℓ/‖∇ℓ‖`` under ℓ2), with Π the
@@ -212,7 +229,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
     report_steps = sorted(set(report_steps or ())) or [steps]
     if report_steps[-1] != steps or report_steps[0] < 0:
         raise ValueError(f"report_steps must lie in [0, steps] and include steps={steps}")
-    per_pass = restarts if restarts_per_pass is None else max(1, min(int(restarts_per_pass), restarts))
+    per_pass = (
+        restarts if restarts_per_pass is None else max(1, min(int(restarts_per_pass), restarts))
+    )
     prune = prune and not trace and rule != "official"
     generator = None
     if seed is not None:
@@ -233,20 +252,37 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
             idx = torch.nonzero(~done).squeeze(1) if prune else torch.arange(n, device=x.device)
             if len(idx) == 0:
                 break
-            run = _pgd_pass(model, x[idx], y[idx], eps[idx], count, step_size, steps, norm,
-                            objective, alpha, random_start, generator, report_steps, trace, rule)
-            for t, broken in run["broken"].items():          # [count, len(idx)]
+            run = _pgd_pass(
+                model,
+                x[idx],
+                y[idx],
+                eps[idx],
+                count,
+                step_size,
+                steps,
+                norm,
+                objective,
+                alpha,
+                random_start,
+                generator,
+                report_steps,
+                trace,
+                rule,
+            )
+            for t, broken in run["broken"].items():  # [count, len(idx)]
                 if rule == "official":  # keep, per point, the restart with the largest loss
-                    for r in range(count):                   # (ties: the later, as officially)
+                    for r in range(count):  # (ties: the later, as officially)
                         take = run["loss_at"][t][r] >= kept_loss[t][idx]
-                        kept_loss[t][idx] = torch.where(take, run["loss_at"][t][r], kept_loss[t][idx])
+                        kept_loss[t][idx] = torch.where(
+                            take, run["loss_at"][t][r], kept_loss[t][idx]
+                        )
                         broken_at[t][idx] = torch.where(take, broken[r], broken_at[t][idx])
                         if t == steps:
                             x_best[idx[take]] = run["final"][r][take]
                 else:
                     broken_at[t][idx] |= broken.any(0)
             final = run["broken"][steps]
-            broken_by_restart[first:first + count, idx] = final
+            broken_by_restart[first : first + count, idx] = final
             if rule != "official":
                 hit = final.any(0) & ~broken_by_restart[:first, idx].any(0)
                 first_hit = final.float().argmax(0)
@@ -256,15 +292,33 @@ def pgd(model: nn.Module, x: torch.Tensor, y, *, eps, step_size: float, steps: i
                 corrects.append(run["correct"])
     robust_at = {t: clean_correct & ~broken_at[t] for t in report_steps}
     return AttackResult(
-        x_adv=x_best, clean_correct=clean_correct, robust=robust_at[steps],
+        x_adv=x_best,
+        clean_correct=clean_correct,
+        robust=robust_at[steps],
         broken_by_restart=broken_by_restart,
         loss_trace=torch.cat(losses, 1) if trace else None,
         correct_trace=torch.cat(corrects, 1) if trace else None,
-        extra={"robust_at": robust_at, "rule": rule})
+        extra={"robust_at": robust_at, "rule": rule},
+    )
 
 
-def _pgd_pass(model, x, y, eps, count, step_size, steps, norm, objective, alpha, random_start,
-              generator, report_steps, trace, rule="any_restart"):
+def _pgd_pass(
+    model,
+    x,
+    y,
+    eps,
+    count,
+    step_size,
+    steps,
+    norm,
+    objective,
+    alpha,
+    random_start,
+    generator,
+    report_steps,
+    trace,
+    rule="any_restart",
+):
     """``count`` restarts side by side on ``x``: whether each is broken at each reported step
     under ``rule`` (and, for ``official``, its objective there), and the final iterates."""
     x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
@@ -291,8 +345,11 @@ def _pgd_pass(model, x, y, eps, count, step_size, steps, norm, objective, alpha,
             loss_at[step] = loss.detach().float().view(count, -1)
         if trace:
             loss_log.append(loss.detach().view(count, -1))
-            correct_log.append(~wrong.view(count, -1) if wrong is not None else
-                               (predict(model, x_adv.detach()) == y_rep).view(count, -1))
+            correct_log.append(
+                ~wrong.view(count, -1)
+                if wrong is not None
+                else (predict(model, x_adv.detach()) == y_rep).view(count, -1)
+            )
         x_adv = x_adv.detach()
         if grad is not None:
             stepped = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
@@ -307,7 +364,8 @@ def _pgd_pass(model, x, y, eps, count, step_size, steps, norm, objective, alpha,
 
 
 def soft_cross_entropy(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``[N]`` ``−Σ_c p_c log q_c``; classes with ``p_c = 0`` contribute 0 even if ``log q_c = −∞``."""
+    """``[N]`` ``−Σ_c p_c log q_c``; classes with ``p_c = 0`` contribute 0 even where
+    ``log q_c = −∞``."""
     return -torch.where(p > 0, p * log_q, torch.zeros_like(log_q)).sum(1)
 
 
@@ -317,10 +375,17 @@ def soft_cross_entropy(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 QTRADES_FORMS = ("logprob", "official")
 
 
-def qtrades_adversary(model: nn.Module, x: torch.Tensor, *, eps: float, step_size: float,
-                      generator: torch.Generator | None = None,
-                      target: torch.Tensor | None = None, form: str = "logprob",
-                      return_start_loss: bool = False):
+def qtrades_adversary(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    generator: torch.Generator | None = None,
+    target: torch.Tensor | None = None,
+    form: str = "logprob",
+    return_start_loss: bool = False,
+):
     """The QTRADES adversary of Sec. 4.2 / App. D (one signed step).
 
     ``form="logprob"`` (default): ``x' = x + U(−ε, ε)``, then
@@ -399,9 +464,18 @@ class FiniteLogits(nn.Module):
 STANDARD_AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y, *, eps: float, norm: str = "linf",
-               batch_size: int = 250, seed: int = 0, attacks=STANDARD_AUTOATTACK,
-               log_level: int = logging.WARNING) -> AttackResult:
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    *,
+    eps: float,
+    norm: str = "linf",
+    batch_size: int = 250,
+    seed: int = 0,
+    attacks=STANDARD_AUTOATTACK,
+    log_level: int = logging.WARNING,
+) -> AttackResult:
     """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), via ``pyautoattack``.
 
     The attacks run in sequence, each on the points still robust, with the
@@ -419,10 +493,18 @@ def autoattack(model: nn.Module, x: torch.Tensor, y, *, eps: float, norm: str = 
         clean_correct = predict(wrapped, x) == y
         num_classes = wrapped(x[:1]).shape[1]
         if num_classes < 4 and {"apgd-t", "fab-t"} & set(attacks):
-            raise ValueError(f"the targeted attacks (DLR loss) need >= 4 classes, the model "
-                             f"has {num_classes}; pass attacks=('apgd-ce', 'square')")
-        runner = AutoAttack(wrapped, eps=float(eps), norm={"linf": "Linf", "l2": "L2"}[norm],
-                            version="standard", seed=seed, device=x.device)
+            raise ValueError(
+                f"the targeted attacks (DLR loss) need >= 4 classes, the model "
+                f"has {num_classes}; pass attacks=('apgd-ce', 'square')"
+            )
+        runner = AutoAttack(
+            wrapped,
+            eps=float(eps),
+            norm={"linf": "Linf", "l2": "L2"}[norm],
+            version="standard",
+            seed=seed,
+            device=x.device,
+        )
         runner.apgd_targeted.n_target_classes = min(9, num_classes - 1)
         runner.fab.n_target_classes = min(9, num_classes - 1)
         robust = clean_correct.clone()
@@ -437,6 +519,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y, *, eps: float, norm: str = 
                 robust[todo[fooled]] = False
                 x_adv[todo[fooled]] = adv[fooled]
             robust_after[name] = float(robust.float().mean())
-    return AttackResult(x_adv=x_adv, clean_correct=clean_correct, robust=robust,
-                        broken_by_restart=(~robust & clean_correct)[None],
-                        extra={"robust_after": robust_after})
+    return AttackResult(
+        x_adv=x_adv,
+        clean_correct=clean_correct,
+        robust=robust,
+        broken_by_restart=(~robust & clean_correct)[None],
+        extra={"robust_after": robust_after},
+    )

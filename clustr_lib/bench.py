@@ -65,7 +65,7 @@ def bench_training(device, repeats: int) -> dict:
     for batch in (256, 240):
         x = torch.rand(batch, 3, 32, 32, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
-        seconds = _time(lambda: nominal_step(net, optimizer, x, y, None), device, repeats)
+        seconds = _time(lambda x=x, y=y: nominal_step(net, optimizer, x, y, None), device, repeats)
         out[f"ce_step_batch{batch}_images_per_s"] = batch / seconds
     # a neighbourhood batch: 12 clusters x 20 samples, 2 clusters per class
     cluster_ids = torch.arange(12).repeat_interleave(20)
@@ -76,8 +76,13 @@ def bench_training(device, repeats: int) -> dict:
     embedder = net.embedder
     optimizer = torch.optim.Adam(embedder.parameters(), lr=1e-4)
     for name, lam in (("magnet", 0.0), ("clustr_qtrades", 8.0)):
-        seconds = _time(lambda: magnet_step(embedder, optimizer, classifier, x, y, cluster_ids,
-                                            alpha=12.5, qtrades_lambda=lam), device, repeats)
+        seconds = _time(
+            lambda lam=lam: magnet_step(
+                embedder, optimizer, classifier, x, y, cluster_ids, alpha=12.5, qtrades_lambda=lam
+            ),
+            device,
+            repeats,
+        )
         out[f"{name}_step_images_per_s"] = 240 / seconds
     ce240 = out["ce_step_batch240_images_per_s"]
     out["magnet_over_ce_step"] = ce240 / out["magnet_step_images_per_s"]
@@ -92,10 +97,19 @@ def bench_pgd(device, repeats: int, points: int) -> dict:
     x = torch.rand(points, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (points,), device=device)
     steps = 5
-    seconds = _time(lambda: pgd(net, x, y, eps=8 / 255, step_size=2 / 255, steps=steps,
-                                restarts=10, prune=False), device, max(1, repeats // 2), warmup=1)
-    return {"pgd_points": points, "pgd_restarts_side_by_side": 10,
-            "pgd_image_iterations_per_s": points * 10 * steps / seconds}
+    seconds = _time(
+        lambda: pgd(
+            net, x, y, eps=8 / 255, step_size=2 / 255, steps=steps, restarts=10, prune=False
+        ),
+        device,
+        max(1, repeats // 2),
+        warmup=1,
+    )
+    return {
+        "pgd_points": points,
+        "pgd_restarts_side_by_side": 10,
+        "pgd_image_iterations_per_s": points * 10 * steps / seconds,
+    }
 
 
 def _largest_embedding_batch(embedder, device) -> int:
@@ -127,16 +141,22 @@ def bench_refresh(device, repeats: int, magnet_images_per_s: float) -> dict:
     index = ClusterIndex(2, random_state=0).fit(features, labels)
     kmeans_seconds = _time(lambda: index.refresh(features), torch.device("cpu"), 3, warmup=0)
     epoch_seconds = n / magnet_images_per_s + embed_seconds + kmeans_seconds
-    return {"embedding_batch": batch, "embedding_pass_seconds": embed_seconds,
-            "embedding_pass_extrapolated_from_one_batch": True,
-            "kmeans_seconds": kmeans_seconds,
-            "magnet_epoch_seconds_estimate": epoch_seconds,
-            "kmeans_share_of_epoch": kmeans_seconds / epoch_seconds}
+    return {
+        "embedding_batch": batch,
+        "embedding_pass_seconds": embed_seconds,
+        "embedding_pass_extrapolated_from_one_batch": True,
+        "kmeans_seconds": kmeans_seconds,
+        "magnet_epoch_seconds_estimate": epoch_seconds,
+        "kmeans_share_of_epoch": kmeans_seconds / epoch_seconds,
+    }
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m clustr_lib.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m clustr_lib.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--pgd-points", type=int, default=100, help="images per PGD batch")
@@ -145,22 +165,32 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    print(f"benchmarking on {device_name(device)} ({platform.python_implementation()} "
-          f"{platform.python_version()}, torch {torch.__version__})", flush=True)
+    print(
+        f"benchmarking on {device_name(device)} ({platform.python_implementation()} "
+        f"{platform.python_version()}, torch {torch.__version__})",
+        flush=True,
+    )
     figures = {}
-    for name, fn in (("training", lambda: bench_training(device, args.repeats)),
-                     ("pgd", lambda: bench_pgd(device, args.repeats, args.pgd_points))):
+    for name, fn in (
+        ("training", lambda: bench_training(device, args.repeats)),
+        ("pgd", lambda: bench_pgd(device, args.repeats, args.pgd_points)),
+    ):
         start = time.perf_counter()
         figures.update(fn())
         print(f"  {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    figures.update(bench_refresh(device, max(1, args.repeats // 2),
-                                 figures["magnet_step_images_per_s"]))
-    report = {"figures": figures, "targets": {
-        "magnet_over_ce_step <= 1.15": figures["magnet_over_ce_step"] <= 1.15,
-        "clustr_qtrades_over_ce_step <= 2.7": figures["clustr_qtrades_over_ce_step"] <= 2.7,
-        "kmeans_share_of_epoch <= 0.05": figures["kmeans_share_of_epoch"] <= 0.05},
+    figures.update(
+        bench_refresh(device, max(1, args.repeats // 2), figures["magnet_step_images_per_s"])
+    )
+    report = {
+        "figures": figures,
+        "targets": {
+            "magnet_over_ce_step <= 1.15": figures["magnet_over_ce_step"] <= 1.15,
+            "clustr_qtrades_over_ce_step <= 2.7": figures["clustr_qtrades_over_ce_step"] <= 2.7,
+            "kmeans_share_of_epoch <= 0.05": figures["kmeans_share_of_epoch"] <= 0.05,
+        },
         "command": "python -m clustr_lib.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "provenance": provenance(device=device)}
+        "provenance": provenance(device=device),
+    }
     print(json.dumps(report["figures"], indent=2))
     print(json.dumps(report["targets"], indent=2))
     if args.out is not None:

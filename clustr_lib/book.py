@@ -55,8 +55,13 @@ def declared_parameters(notebook: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)))
 
 
-def plan(profile: str, only=None, notebooks: Path = NOTEBOOKS,
-         profiles_path: Path = PROFILES, output_dir: Path = EXECUTED) -> list[tuple[str, dict]]:
+def plan(
+    profile: str,
+    only=None,
+    notebooks: Path = NOTEBOOKS,
+    profiles_path: Path = PROFILES,
+    output_dir: Path = EXECUTED,
+) -> list[tuple[str, dict]]:
     """Check a request and return ``[(chapter, parameters)]``; raise :class:`PlanError`.
 
     Refuses an unknown profile, an unknown chapter, and parameters a notebook does
@@ -73,7 +78,9 @@ def plan(profile: str, only=None, notebooks: Path = NOTEBOOKS,
     settings = profiles[profile] or {}
     stray = sorted(set(settings) - set(known))
     if stray:
-        raise PlanError(f"profile {profile!r} names chapter(s) with no notebook: {', '.join(stray)}")
+        raise PlanError(
+            f"profile {profile!r} names chapter(s) with no notebook: {', '.join(stray)}"
+        )
     steps = []
     for chapter in selected:
         params = dict(settings.get(chapter) or {})
@@ -82,14 +89,22 @@ def plan(profile: str, only=None, notebooks: Path = NOTEBOOKS,
         params.update({k: v for k, v in OPTIONAL_RUNNER_PARAMETERS.items() if k in declared})
         undeclared = sorted(set(params) - declared)
         if undeclared:
-            raise PlanError(f"{chapter}.ipynb does not declare parameter(s) "
-                            f"{', '.join(undeclared)} in its 'parameters' cell")
+            raise PlanError(
+                f"{chapter}.ipynb does not declare parameter(s) "
+                f"{', '.join(undeclared)} in its 'parameters' cell"
+            )
         steps.append((chapter, params))
     return steps
 
 
-def run(profile: str = DEFAULT_PROFILE, only=None, notebooks: Path = NOTEBOOKS,
-        profiles_path: Path = PROFILES, output_dir: Path = EXECUTED, out=None) -> list:
+def run(
+    profile: str = DEFAULT_PROFILE,
+    only=None,
+    notebooks: Path = NOTEBOOKS,
+    profiles_path: Path = PROFILES,
+    output_dir: Path = EXECUTED,
+    out=None,
+) -> list:
     """Execute the planned notebooks with papermill; one line per notebook with its wall time.
 
     Returns ``[(chapter, seconds)]``. On a failing cell, raises ``RuntimeError`` naming
@@ -103,7 +118,9 @@ def run(profile: str = DEFAULT_PROFILE, only=None, notebooks: Path = NOTEBOOKS,
     # off a terminal the kernels inherit CLUSTR_PROGRESS=0: no progress-bar residue in the book
     with _environment(CLUSTR_PROGRESS="1" if interactive else "0"):
         for chapter, params in steps:
-            timings.append(_execute(chapter, params, profile, notebooks, output_dir, interactive, out))
+            timings.append(
+                _execute(chapter, params, profile, notebooks, output_dir, interactive, out)
+            )
     return timings
 
 
@@ -128,14 +145,21 @@ def _execute(chapter, params, profile, notebooks, output_dir, interactive, out):
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(notebooks / f"{chapter}.ipynb"), str(target), parameters=params,
-            kernel_name="python3", progress_bar=interactive, cwd=str(output_dir), log_output=False)
+            str(notebooks / f"{chapter}.ipynb"),
+            str(target),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=interactive,
+            cwd=str(output_dir),
+            log_output=False,
+        )
     except PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[:1]
         raise RuntimeError(
             f"{chapter}.ipynb failed in the cell starting `{first_line[0] if first_line else ''}` "
             f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
-            f"the partly executed notebook is {target}") from None
+            f"the partly executed notebook is {target}"
+        ) from None
     seconds = time.perf_counter() - start
     print(f"{chapter:<32} {profile:<8} {seconds:7.1f} s", file=out, flush=True)
     return chapter, seconds
@@ -147,8 +171,9 @@ def build(root: Path = ROOT, strict: bool = True) -> int:
     hides in an incremental one); warnings are errors when ``strict``."""
     missing = [c for c in chapters() if not (EXECUTED / f"{c}.ipynb").exists()]
     if missing:
-        raise PlanError(f"no executed copy of {', '.join(missing)}; "
-                        f"run `python -m clustr_lib run` first")
+        raise PlanError(
+            f"no executed copy of {', '.join(missing)}; run `python -m clustr_lib run` first"
+        )
     write_summary(EXECUTED, SUMMARY)
     script = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(script) if script.exists() else "jupyter-book", "build", "--all", str(root)]

@@ -19,12 +19,15 @@ REDUCTIONS = ("sound", "paper")
 
 def nearest_cluster_predict(embeddings, centroids, centroid_classes) -> torch.Tensor:
     """``[N]`` class of the nearest centroid (the classifier Theorem 1 certifies)."""
-    sq = squared_distances(torch.as_tensor(embeddings).double(), torch.as_tensor(centroids).double())
+    sq = squared_distances(
+        torch.as_tensor(embeddings).double(), torch.as_tensor(centroids).double()
+    )
     return torch.as_tensor(centroid_classes).to(sq.device)[sq.argmin(1)]
 
 
-def certified_radius(embeddings, centroids, centroid_classes, lipschitz: float,
-                     reduction: str = "sound") -> torch.Tensor:
+def certified_radius(
+    embeddings, centroids, centroid_classes, lipschitz: float, reduction: str = "sound"
+) -> torch.Tensor:
     """``[N]`` ℓ2 radius within which the nearest-cluster prediction cannot change.
 
     Theorem 1, for the nearest centroid ``μ₁`` and a centroid ``μ₂`` of another class::
@@ -100,9 +103,16 @@ def mlp_lipschitz_upper_bound(mlp: nn.Module) -> float:
 
 
 @torch.no_grad()
-def minimal_adversarial_distance_2d(predict, x, *, max_radius: float, n_angles: int = 720,
-                                    n_radii: int = 200, bisection_steps: int = 30,
-                                    chunk: int = 16) -> torch.Tensor:
+def minimal_adversarial_distance_2d(
+    predict,
+    x,
+    *,
+    max_radius: float,
+    n_angles: int = 720,
+    n_radii: int = 200,
+    bisection_steps: int = 30,
+    chunk: int = 16,
+) -> torch.Tensor:
     """``[N]`` smallest ℓ2 distance from each 2-D point to an input of another predicted class.
 
     An exact search up to grid resolution (feasible in 2-D only): along each of
@@ -121,16 +131,16 @@ def minimal_adversarial_distance_2d(predict, x, *, max_radius: float, n_angles: 
         raise ValueError("the exact search works in 2-D only")
     check_positive(max_radius, "max_radius")
     angles = torch.arange(n_angles, dtype=x.dtype, device=x.device) * (2 * torch.pi / n_angles)
-    dirs = torch.stack([angles.cos(), angles.sin()], 1)                    # [A, 2]
+    dirs = torch.stack([angles.cos(), angles.sin()], 1)  # [A, 2]
     radii = torch.linspace(0, max_radius, n_radii + 1, dtype=x.dtype, device=x.device)[1:]
     out = []
     for first in range(0, len(x), chunk):
-        pts = x[first:first + chunk]                                          # [n, 2]
-        base = predict(pts)                                                   # [n]
+        pts = x[first : first + chunk]  # [n, 2]
+        base = predict(pts)  # [n]
         grid = pts[:, None, None] + radii[None, None, :, None] * dirs[None, :, None]  # [n, A, R, 2]
-        changed = (predict(grid.reshape(-1, 2)).view(grid.shape[:3]) != base[:, None, None])
+        changed = predict(grid.reshape(-1, 2)).view(grid.shape[:3]) != base[:, None, None]
         hit = changed.any(2)
-        k = changed.float().argmax(2)                                         # first change
+        k = changed.float().argmax(2)  # first change
         hi = radii[k]
         lo = torch.where(k > 0, radii[(k - 1).clamp_min(0)], torch.zeros_like(hi))
         for _ in range(bisection_steps):
@@ -156,7 +166,7 @@ def max_jacobian_norm(f, points, chunk: int = 4096) -> float:
     best = 0.0
     for first in range(0, len(points), chunk):
         with torch.no_grad():
-            j = jac(points[first:first + chunk])
+            j = jac(points[first : first + chunk])
         best = max(best, float(torch.linalg.matrix_norm(j.double(), ord=2).max()))
     return best
 
@@ -183,10 +193,10 @@ def conv_lipschitz_upper_bound(conv: nn.Conv2d) -> float:
         raise TypeError("grouped convolutions are not supported")
     if conv.padding_mode != "zeros":
         raise TypeError(f"padding mode {conv.padding_mode!r} is not supported (zeros only)")
-    weight = conv.weight.detach().double()                      # [c_out, c_in, kh, kw]
+    weight = conv.weight.detach().double()  # [c_out, c_in, kh, kw]
     per_offset = torch.linalg.matrix_norm(weight.permute(2, 3, 0, 1), ord=2).sum()
     offsets = weight.shape[2] * weight.shape[3]
-    stacked = offsets ** 0.5 * spectral_norm(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
+    stacked = offsets**0.5 * spectral_norm(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
     return float(min(per_offset, stacked))
 
 
@@ -222,8 +232,12 @@ def _lipschitz(module, size):
         return bound, size
     if isinstance(module, BasicBlock):
         conv1, out = conv_lipschitz_upper_bound(module.conv1), _conv_size(module.conv1, size)
-        main = (conv1 * batchnorm_lipschitz(module.bn1) * conv_lipschitz_upper_bound(module.conv2)
-                * batchnorm_lipschitz(module.bn2))
+        main = (
+            conv1
+            * batchnorm_lipschitz(module.bn1)
+            * conv_lipschitz_upper_bound(module.conv2)
+            * batchnorm_lipschitz(module.bn2)
+        )
         shortcut = _lipschitz(module.shortcut, size)[0] if len(module.shortcut) else 1.0
         return main + shortcut, out
     if isinstance(module, nn.Conv2d):
@@ -233,7 +247,8 @@ def _lipschitz(module, size):
     if isinstance(module, Normalize):
         return float(1.0 / module.std.detach().double().min()), size
     if isinstance(module, (nn.ReLU, nn.Identity, nn.Flatten)) or (
-            isinstance(module, nn.LeakyReLU) and abs(module.negative_slope) <= 1):
+        isinstance(module, nn.LeakyReLU) and abs(module.negative_slope) <= 1
+    ):
         return 1.0, size
     if isinstance(module, nn.Linear):
         return spectral_norm(module.weight), size

@@ -25,8 +25,14 @@ class ClusterClassifier(nn.Module):
         num_classes: number of classes L; defaults to ``max(centroid_classes) + 1``.
     """
 
-    def __init__(self, centroids, centroid_classes, variance: float,
-                 num_nearest: int | None = None, num_classes: int | None = None):
+    def __init__(
+        self,
+        centroids,
+        centroid_classes,
+        variance: float,
+        num_nearest: int | None = None,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         centroids = as_float_tensor(centroids, "centroids", ndim=2)
         classes = as_label_tensor(centroid_classes, "centroid_classes", centroids.shape[0])
@@ -38,8 +44,14 @@ class ClusterClassifier(nn.Module):
         if int(classes.max()) >= self.num_classes:
             raise ValueError("centroid_classes exceed num_classes")
         self.num_nearest = num_nearest
-        self.register_buffer("variance", torch.tensor(check_positive(float(variance), "variance"),
-                                                      dtype=centroids.dtype, device=centroids.device))
+        self.register_buffer(
+            "variance",
+            torch.tensor(
+                check_positive(float(variance), "variance"),
+                dtype=centroids.dtype,
+                device=centroids.device,
+            ),
+        )
         self.register_buffer("centroids", centroids.detach().clone())
         self.register_buffer("centroid_classes", classes.to(centroids.device))
 
@@ -47,8 +59,10 @@ class ClusterClassifier(nn.Module):
         """``−d/(2σ²)`` of the D nearest clusters and their classes, both ``[N, D]``."""
         embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
         if embeddings.shape[1] != self.centroids.shape[1]:
-            raise ValueError(f"embeddings have dimension {embeddings.shape[1]}, "
-                             f"centroids {self.centroids.shape[1]}")
+            raise ValueError(
+                f"embeddings have dimension {embeddings.shape[1]}, "
+                f"centroids {self.centroids.shape[1]}"
+            )
         sq = squared_distances(embeddings, self.centroids)
         nearest_sq, nearest = sq.topk(self.num_nearest, dim=1, largest=False)
         return -nearest_sq / (2.0 * self.variance), self.centroid_classes[nearest]

@@ -77,11 +77,23 @@ class ImageData:
     set as floats. Normalisation happens inside the models.
     """
 
-    def __init__(self, name, x_train, y_train, x_test, y_test, device="cpu", augment=None,
-                 seed: int = 0, flip: bool = False):
+    def __init__(
+        self,
+        name,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        device="cpu",
+        augment=None,
+        seed: int = 0,
+        flip: bool = False,
+    ):
         for x in (x_train, x_test):
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1:] != (3, 32, 32):
-                raise ValueError(f"images must be uint8 [N, 3, 32, 32], got {x.dtype} {tuple(x.shape)}")
+                raise ValueError(
+                    f"images must be uint8 [N, 3, 32, 32], got {x.dtype} {tuple(x.shape)}"
+                )
         self.name = name
         self.device = torch.device(device)
         self.x_train, self.x_test = x_train.to(self.device), x_test.to(self.device)
@@ -93,9 +105,11 @@ class ImageData:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __repr__(self):
-        return (f"ImageData({self.name}: {len(self.x_train)} train, {len(self.x_test)} test, "
-                f"{self.num_classes} classes, augment={self.augment}, flip={self.flip}, "
-                f"device={self.device})")
+        return (
+            f"ImageData({self.name}: {len(self.x_train)} train, {len(self.x_test)} test, "
+            f"{self.num_classes} classes, augment={self.augment}, flip={self.flip}, "
+            f"device={self.device})"
+        )
 
     def channel_stats(self):
         """Per-channel mean and std of the training images in ``[0, 1]`` (App. D normalisation)."""
@@ -127,8 +141,8 @@ def random_crop(x: torch.Tensor, padding: int = 4, generator=None) -> torch.Tens
     padded = torch.nn.functional.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]      # [n, h, 1]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]      # [n, 1, w]
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # [n, h, 1]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # [n, 1, w]
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
@@ -155,8 +169,9 @@ def _digits32(train: bool):
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
-    idx_train, idx_test = train_test_split(np.arange(len(x)), test_size=0.25, random_state=0,
-                                           stratify=digits.target)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(x)), test_size=0.25, random_state=0, stratify=digits.target
+    )
     idx = idx_train if train else idx_test
     return x[idx], torch.as_tensor(digits.target[idx])
 
@@ -166,8 +181,15 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("CLUSTR_DATA", Path.home() / ".cache" / "clustr" / "data"))
 
 
-def load_images(name: str, data_dir=None, device="cpu", train_size: int | None = None,
-                test_size: int | None = None, seed: int = 0, flip: bool = False) -> ImageData:
+def load_images(
+    name: str,
+    data_dir=None,
+    device="cpu",
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+    flip: bool = False,
+) -> ImageData:
     """Load an image dataset (``cifar10``, ``cifar100``, ``svhn`` or ``digits32``).
 
     CIFAR and SVHN come through ``torchvision.datasets``, downloaded on first use into
@@ -188,7 +210,8 @@ def load_images(name: str, data_dir=None, device="cpu", train_size: int | None =
                 raise DatasetUnavailable(
                     f"{name} is not in {root} and could not be downloaded ({err}). Download it on "
                     f"a machine with internet access into that folder, or point data_dir (or "
-                    f"$CLUSTR_DATA) at a copy.") from None
+                    f"$CLUSTR_DATA) at a copy."
+                ) from None
         size = train_size if train else test_size
         if size is not None and size < len(x):
             keep = torch.from_numpy(np.random.default_rng(seed).permutation(len(x))[:size])

@@ -37,22 +37,52 @@ def with_num_nearest(model, num_nearest: int | None):
     if num_nearest is None or not isinstance(model, ClusterModel):
         return model
     clf = model.classifier
-    classifier = ClusterClassifier(clf.centroids, clf.centroid_classes, float(clf.variance),
-                                   num_nearest=int(num_nearest), num_classes=clf.num_classes)
+    classifier = ClusterClassifier(
+        clf.centroids,
+        clf.centroid_classes,
+        float(clf.variance),
+        num_nearest=int(num_nearest),
+        num_classes=clf.num_classes,
+    )
     return ClusterModel(model.embedder, classifier).eval()
 
 
-def pgd_accuracy(model, data, *, eps: float, step_size: float, steps, restarts: int,
-                 objective: str, eval_size=None, alpha=None, num_nearest=None,
-                 restarts_per_pass=None, seed: int = 0) -> dict:
+def pgd_accuracy(
+    model,
+    data,
+    *,
+    eps: float,
+    step_size: float,
+    steps,
+    restarts: int,
+    objective: str,
+    eval_size=None,
+    alpha=None,
+    num_nearest=None,
+    restarts_per_pass=None,
+    seed: int = 0,
+) -> dict:
     """PGD ℓ∞ robust accuracy at each of ``steps`` (read off one run of ``max(steps)``
     iterations), e.g. Table 4's PGD-20/100 at another ε or Fig. 4's PGD-20 at another D."""
     x, y = attacked_points(data, eval_size)
-    result = pgd(with_num_nearest(model, num_nearest), x, y, eps=eps, step_size=step_size,
-                 steps=max(steps), restarts=restarts, objective=objective, alpha=alpha,
-                 restarts_per_pass=restarts_per_pass, report_steps=steps, seed=seed)
-    return {"clean": result.clean_accuracy,
-            "robust": {str(t): float(r.float().mean()) for t, r in result.extra["robust_at"].items()}}
+    result = pgd(
+        with_num_nearest(model, num_nearest),
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=max(steps),
+        restarts=restarts,
+        objective=objective,
+        alpha=alpha,
+        restarts_per_pass=restarts_per_pass,
+        report_steps=steps,
+        seed=seed,
+    )
+    return {
+        "clean": result.clean_accuracy,
+        "robust": {str(t): float(r.float().mean()) for t, r in result.extra["robust_at"].items()},
+    }
 
 
 def autoattack_accuracy(model, data, *, eps: float, attacks, eval_size=None, seed: int = 0) -> dict:
@@ -61,8 +91,7 @@ def autoattack_accuracy(model, data, *, eps: float, attacks, eval_size=None, see
     x, y = attacked_points(data, eval_size)
     num_classes = int(data.num_classes)
     attacks = [a for a in attacks if num_classes >= 4 or a not in ("apgd-t", "fab-t")]
-    result = autoattack(model, x, y, eps=eps, attacks=tuple(attacks), seed=seed,
-                        batch_size=500)
+    result = autoattack(model, x, y, eps=eps, attacks=tuple(attacks), seed=seed, batch_size=500)
     return {"clean": result.clean_accuracy, "robust_after": result.extra["robust_after"]}
 
 
@@ -83,18 +112,41 @@ def gradient_norms(model, data, *, objectives, eval_size=None, alpha=None) -> di
     return {"norms": norms, "clean_correct": correct}
 
 
-def attack_path(model, data, *, eps: float, step_size: float, steps: int, objective: str,
-                eval_size=None, alpha=None, seed: int = 0) -> dict:
+def attack_path(
+    model,
+    data,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    objective: str,
+    eval_size=None,
+    alpha=None,
+    seed: int = 0,
+) -> dict:
     """One PGD run (one random start) with every iterate recorded: the mean objective over
     the points correct at the start, and the accuracy at each iteration."""
     x, y = attacked_points(data, eval_size)
-    result = pgd(model, x, y, eps=eps, step_size=step_size, steps=steps, restarts=1,
-                 objective=objective, alpha=alpha, seed=seed, trace=True)
-    loss = result.loss_trace[:, 0][:, result.clean_correct]       # [steps + 1, correct points]
+    result = pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        restarts=1,
+        objective=objective,
+        alpha=alpha,
+        seed=seed,
+        trace=True,
+    )
+    loss = result.loss_trace[:, 0][:, result.clean_correct]  # [steps + 1, correct points]
     finite = torch.where(torch.isfinite(loss), loss, torch.nan)
-    return {"mean_loss": torch.nanmean(finite.double(), dim=1),
-            "accuracy": result.correct_trace[:, 0].double().mean(1),
-            "nonfinite_share": float((~torch.isfinite(loss)).double().mean()) if loss.numel() else 0.0}
+    return {
+        "mean_loss": torch.nanmean(finite.double(), dim=1),
+        "accuracy": result.correct_trace[:, 0].double().mean(1),
+        "nonfinite_share": float((~torch.isfinite(loss)).double().mean()) if loss.numel() else 0.0,
+    }
 
 
 def clean_accuracy_by_d(model, data, *, d_values) -> dict:
@@ -129,21 +181,29 @@ def image_certificate(model, data, *, eps_linf: float, eval_size=None) -> dict:
     correct = nearest_cluster_predict(feats, clf.centroids, clf.centroid_classes).cpu() == y.cpu()
     dims = x[0].numel()
     needed = eps_linf * math.sqrt(dims)
-    out = {"lipschitz_upper_bound": lipschitz, "input_dims": dims, "l2_radius_needed": needed,
-           "nearest_cluster_accuracy": float(correct.double().mean())}
+    out = {
+        "lipschitz_upper_bound": lipschitz,
+        "input_dims": dims,
+        "l2_radius_needed": needed,
+        "nearest_cluster_accuracy": float(correct.double().mean()),
+    }
     for reduction in ("sound", "paper"):
-        radii = certified_radius(feats, clf.centroids, clf.centroid_classes, lipschitz,
-                                 reduction=reduction).cpu()
+        radii = certified_radius(
+            feats, clf.centroids, clf.centroid_classes, lipschitz, reduction=reduction
+        ).cpu()
         certified = correct & (radii > needed)
-        out[reduction] = {"median_radius": float(radii[correct].median()) if correct.any() else 0.0,
-                          "max_radius": float(radii.max()),
-                          "certified_share": float(certified.double().mean())}
+        out[reduction] = {
+            "median_radius": float(radii[correct].median()) if correct.any() else 0.0,
+            "max_radius": float(radii.max()),
+            "certified_share": float(certified.double().mean()),
+        }
     out["median_linf_certified"] = out["sound"]["median_radius"] / math.sqrt(dims)
     return out
 
 
-def kmeans_on_nominal(model, data, *, clusters_per_class: int, num_nearest: int,
-                      seed: int = 0) -> dict:
+def kmeans_on_nominal(
+    model, data, *, clusters_per_class: int, num_nearest: int, seed: int = 0
+) -> dict:
     """App. B.1 (E.1 in arXiv v2): per-class k-means on the penultimate features of a
     *nominally* trained network, then Eq. (4), against the network's own linear head."""
     if not isinstance(model, WithHead):
@@ -152,12 +212,18 @@ def kmeans_on_nominal(model, data, *, clusters_per_class: int, num_nearest: int,
         train_feats = embed_all(model.embedder, data.train_images())
         test_feats = embed_all(model.embedder, data.test_images())
         head = float((model.head(test_feats).argmax(1) == data.y_test).double().mean())
-    index = ClusterIndex(clusters_per_class, random_state=seed).fit(train_feats, data.y_train,
-                                                                   data.num_classes)
+    index = ClusterIndex(clusters_per_class, random_state=seed).fit(
+        train_feats, data.y_train, data.num_classes
+    )
     out = {"head_accuracy": head, "variance": float(index.variance_)}
     for label, d in (("eq4_d", min(num_nearest, index.num_clusters)), ("eq4_all", None)):
-        clf = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
-                                num_nearest=d, num_classes=data.num_classes)
+        clf = ClusterClassifier(
+            index.centroids_,
+            index.centroid_classes_,
+            index.variance_,
+            num_nearest=d,
+            num_classes=data.num_classes,
+        )
         with torch.no_grad():
             log_p = clf.log_proba(test_feats)
         out[label] = float((log_p.argmax(1) == data.y_test).double().mean())
@@ -169,9 +235,13 @@ def kmeans_on_nominal(model, data, *, clusters_per_class: int, num_nearest: int,
 
 
 EVALUATIONS = {
-    "pgd": pgd_accuracy, "autoattack": autoattack_accuracy, "gradient_norms": gradient_norms,
-    "attack_path": attack_path, "clean_by_d": clean_accuracy_by_d,
-    "certificate": image_certificate, "kmeans_nominal": kmeans_on_nominal,
+    "pgd": pgd_accuracy,
+    "autoattack": autoattack_accuracy,
+    "gradient_norms": gradient_norms,
+    "attack_path": attack_path,
+    "clean_by_d": clean_accuracy_by_d,
+    "certificate": image_certificate,
+    "kmeans_nominal": kmeans_on_nominal,
 }
 
 

@@ -93,8 +93,9 @@ def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float, log_eps: float
 
     clusters, member_of = torch.unique(cluster_ids, return_inverse=True)
     counts = torch.bincount(member_of, minlength=len(clusters)).to(embeddings.dtype)
-    means = torch.zeros(len(clusters), embeddings.shape[1], dtype=embeddings.dtype,
-                        device=embeddings.device)
+    means = torch.zeros(
+        len(clusters), embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device
+    )
     means = means.index_add(0, member_of, embeddings) / counts[:, None]
     cluster_class = torch.empty(len(clusters), dtype=torch.long, device=embeddings.device)
     cluster_class[member_of] = class_ids
@@ -111,8 +112,15 @@ def magnet_loss(embeddings, cluster_ids, class_ids, alpha: float, log_eps: float
     return losses.mean(), losses, variance
 
 
-def magnet_loss_fixed_clusters(embeddings, labels, centroids, centroid_classes, variance,
-                               alpha: float, log_eps: float | None = None) -> torch.Tensor:
+def magnet_loss_fixed_clusters(
+    embeddings,
+    labels,
+    centroids,
+    centroid_classes,
+    variance,
+    alpha: float,
+    log_eps: float | None = None,
+) -> torch.Tensor:
     """Per-sample Magnet loss against *fixed* clusters (the adaptive attack, Sec. 4.2).
 
     Same expression as :func:`magnet_loss`, Eq. (3), but with the training set's
@@ -155,8 +163,15 @@ class ClusterIndex:
             does (``KMeans(random_state=1)`` at every refresh, ``utils/magnet_tools.py``).
     """
 
-    def __init__(self, clusters_per_class: int = 2, random_state: int = 0, *, n_init: int = 1,
-                 max_iter: int = 300, fixed_random_state: bool = False):
+    def __init__(
+        self,
+        clusters_per_class: int = 2,
+        random_state: int = 0,
+        *,
+        n_init: int = 1,
+        max_iter: int = 300,
+        fixed_random_state: bool = False,
+    ):
         if int(clusters_per_class) < 1:
             raise ValueError(f"clusters_per_class must be >= 1, got {clusters_per_class}")
         if int(n_init) < 1 or int(max_iter) < 1:
@@ -167,8 +182,9 @@ class ClusterIndex:
         self.fixed_random_state = bool(fixed_random_state)
         self.refreshes_ = 0
 
-    def fit(self, embeddings, labels, num_classes: int | None = None,
-            variance_embeddings=None) -> ClusterIndex:
+    def fit(
+        self, embeddings, labels, num_classes: int | None = None, variance_embeddings=None
+    ) -> ClusterIndex:
         """Set the labels, then cluster ``embeddings`` class by class (``variance_embeddings``:
         see :meth:`refresh`)."""
         embeddings = as_float_tensor(embeddings, "embeddings", ndim=2)
@@ -181,7 +197,8 @@ class ClusterIndex:
             small = int(sizes.argmin())
             raise ValueError(
                 f"class {small} has {int(sizes[small])} samples, fewer than "
-                f"clusters_per_class={self.clusters_per_class}")
+                f"clusters_per_class={self.clusters_per_class}"
+            )
         self.labels_ = labels
         self.num_classes_ = num_classes
         self.members_ = [torch.nonzero(labels == c).squeeze(1).numpy() for c in range(num_classes)]
@@ -204,19 +221,27 @@ class ClusterIndex:
         if variance_embeddings is not None:
             variance_embeddings = as_float_tensor(variance_embeddings, "variance_embeddings", 2)
             if variance_embeddings.shape != embeddings.shape:
-                raise ValueError(f"variance_embeddings must be shaped {tuple(embeddings.shape)}, "
-                                 f"got {tuple(variance_embeddings.shape)}")
+                raise ValueError(
+                    f"variance_embeddings must be shaped {tuple(embeddings.shape)}, "
+                    f"got {tuple(variance_embeddings.shape)}"
+                )
         feats = embeddings.detach().cpu().numpy()
         k = self.clusters_per_class
         state = self.random_state + (0 if self.fixed_random_state else self.refreshes_)
         centroids = np.empty((self.num_classes_ * k, feats.shape[1]), dtype=feats.dtype)
         assignments = np.empty(len(feats), dtype=np.int64)
         for c, members in enumerate(self.members_):
-            km = KMeans(n_clusters=k, init="k-means++", n_init=self.n_init, max_iter=self.max_iter,
-                        random_state=state)
+            km = KMeans(
+                n_clusters=k,
+                init="k-means++",
+                n_init=self.n_init,
+                max_iter=self.max_iter,
+                random_state=state,
+            )
             local = km.fit_predict(feats[members]) if k > 1 else np.zeros(len(members), int)
-            centroids[c * k:(c + 1) * k] = (km.cluster_centers_ if k > 1
-                                            else feats[members].mean(0, keepdims=True))
+            centroids[c * k : (c + 1) * k] = (
+                km.cluster_centers_ if k > 1 else feats[members].mean(0, keepdims=True)
+            )
             assignments[members] = c * k + local
         self.centroids_ = torch.from_numpy(centroids).to(embeddings.device)
         self.centroid_classes_ = torch.arange(self.num_classes_).repeat_interleave(k)
@@ -294,13 +319,21 @@ class NeighbourhoodSampler:
         epoch_length: see above.
     """
 
-    def __init__(self, index: ClusterIndex, clusters_per_batch: int = 12,
-                 samples_per_cluster: int = 20, seed: int = 0, *,
-                 seed_probability: str = "all_members", epoch_length: str = "ceil"):
+    def __init__(
+        self,
+        index: ClusterIndex,
+        clusters_per_batch: int = 12,
+        samples_per_cluster: int = 20,
+        seed: int = 0,
+        *,
+        seed_probability: str = "all_members",
+        epoch_length: str = "ceil",
+    ):
         if not hasattr(index, "assignments_"):
             raise ValueError("the cluster index must be fitted before sampling")
-        self.seed_probability = check_choice(seed_probability, "seed probability",
-                                             SEED_PROBABILITIES)
+        self.seed_probability = check_choice(
+            seed_probability, "seed probability", SEED_PROBABILITIES
+        )
         self.epoch_length = check_choice(epoch_length, "epoch length", EPOCH_LENGTHS)
         self.index = index
         self.clusters_per_batch = int(clusters_per_batch)
@@ -311,12 +344,16 @@ class NeighbourhoodSampler:
             raise ValueError("samples_per_cluster must be >= 1")
         others = index.num_clusters - index.clusters_per_class
         if self.clusters_per_batch - 1 > others:
-            raise ValueError(f"clusters_per_batch={self.clusters_per_batch} needs "
-                             f"{self.clusters_per_batch - 1} impostor clusters; only {others} exist")
+            raise ValueError(
+                f"clusters_per_batch={self.clusters_per_batch} needs "
+                f"{self.clusters_per_batch - 1} impostor clusters; only {others} exist"
+            )
         n = len(index.assignments_)
         if self.epoch_length == "floor" and n < self.batch_size:
-            raise ValueError(f"epoch_length='floor' gives no batch: {n} training samples, fewer "
-                             f"than M·D = {self.batch_size}")
+            raise ValueError(
+                f"epoch_length='floor' gives no batch: {n} training samples, fewer "
+                f"than M·D = {self.batch_size}"
+            )
         self.rng = np.random.default_rng(seed)
         self.sample_losses = np.zeros(n, dtype=np.float64)
         self.has_loss = np.zeros(n, dtype=bool)
@@ -347,8 +384,9 @@ class NeighbourhoodSampler:
         """Per current cluster: the sum of its members' recorded losses and how many have one."""
         assign = self.index.assignments_.numpy()
         n = self.index.num_clusters
-        sums = np.bincount(assign, weights=np.where(self.has_loss, self.sample_losses, 0.0),
-                           minlength=n)
+        sums = np.bincount(
+            assign, weights=np.where(self.has_loss, self.sample_losses, 0.0), minlength=n
+        )
         return sums, np.bincount(assign, weights=self.has_loss.astype(np.float64), minlength=n)
 
     def cluster_losses(self) -> np.ndarray:
@@ -375,7 +413,7 @@ class NeighbourhoodSampler:
     def impostors(self, seed_cluster: int) -> np.ndarray:
         """The ``M − 1`` clusters of other classes nearest to the seed centroid."""
         centroids = self.index.centroids_.double().cpu()
-        sq = squared_distances(centroids[seed_cluster:seed_cluster + 1], centroids)[0]
+        sq = squared_distances(centroids[seed_cluster : seed_cluster + 1], centroids)[0]
         classes = self.index.centroid_classes_
         sq[classes == classes[seed_cluster]] = float("inf")
         return torch.argsort(sq, stable=True)[: self.clusters_per_batch - 1].numpy()
@@ -385,8 +423,11 @@ class NeighbourhoodSampler:
         seed_cluster = int(self.rng.choice(self.index.num_clusters, p=self.seed_probabilities()))
         chosen = np.concatenate([[seed_cluster], self.impostors(seed_cluster)])
         order, starts, sizes = self._members_by_cluster()
-        picks = [starts[c] + self.rng.choice(sizes[c], min(sizes[c], self.samples_per_cluster),
-                                             replace=False) for c in chosen]
+        picks = [
+            starts[c]
+            + self.rng.choice(sizes[c], min(sizes[c], self.samples_per_cluster), replace=False)
+            for c in chosen
+        ]
         indices = order[np.concatenate(picks)]
         return MagnetBatch(indices=indices, cluster_ids=self.index.assignments_.numpy()[indices])
 

@@ -10,9 +10,12 @@ from torch import nn
 def mlp_2d(hidden: int = 20, embedding_dim: int = 20, in_features: int = 2) -> nn.Sequential:
     """The 2-D study's feature map ``f_θ``: 3 linear layers, ``hidden`` ReLU units (Sec. 4.1)."""
     return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Linear(hidden, embedding_dim))
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, embedding_dim),
+    )
 
 
 class WithHead(nn.Module):
@@ -54,8 +57,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -73,13 +77,18 @@ def resnet18_embedder(width: int = 64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
         raise ValueError(f"width must be >= 1, got {width}")
     layers, cin = [], width
     for stage, stride in enumerate((1, 2, 2, 2)):
-        cout = width * 2 ** stage
+        cout = width * 2**stage
         layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
         cin = cout
     return nn.Sequential(
         Normalize(mean, std),
-        nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        nn.Conv2d(3, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        *layers,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def embedding_dim(embedder: nn.Module) -> int:

@@ -46,10 +46,22 @@ TABLE3 = {
 
 # Tables 2 and 5: training time (minutes, GTX 1080Ti).
 TRAINING_MINUTES = {
-    "cifar10": {"Free AT": 147, "TRADES": 534, "QTRADES": 42, "Magnet Loss": 106, "ClusTR": 83,
-                "ClusTR + QTRADES": 115},
-    "svhn": {"Free AT": 25, "TRADES": 763, "QTRADES": 12, "Magnet Loss": 150, "ClusTR": 52,
-             "ClusTR + QTRADES": 192},
+    "cifar10": {
+        "Free AT": 147,
+        "TRADES": 534,
+        "QTRADES": 42,
+        "Magnet Loss": 106,
+        "ClusTR": 83,
+        "ClusTR + QTRADES": 115,
+    },
+    "svhn": {
+        "Free AT": 25,
+        "TRADES": 763,
+        "QTRADES": 12,
+        "Magnet Loss": 150,
+        "ClusTR": 52,
+        "ClusTR + QTRADES": 192,
+    },
 }
 
 # Table 4: ClusTR + QTRADES under PGD at other ε (ε in units of 1/255).
@@ -67,13 +79,17 @@ def table4(dataset: str) -> dict:
 
 
 # Sec. 4.2: adaptive attack (PGD-100 on the Magnet loss), ClusTR + QTRADES.
-ADAPTIVE = {"cifar10": {"pgd100": 74.04, "adaptive": 66.52},
-            "svhn": {"pgd100": 84.75, "adaptive": 78.79}}
+ADAPTIVE = {
+    "cifar10": {"pgd100": 74.04, "adaptive": 66.52},
+    "svhn": {"pgd100": 84.75, "adaptive": 78.79},
+}
 
 # App. E.4 / Fig. 4: best PGD-20 accuracy over D and where it occurs; D = 20 in the tables.
-D_ABLATION = {"cifar10": {"best_pgd20": 77.04, "best_D": 4},
-              "svhn": {"best_pgd20": 85.33, "best_D": 4},
-              "cifar100": {"best_pgd20": 53.25, "best_D": 60}}
+D_ABLATION = {
+    "cifar10": {"best_pgd20": 77.04, "best_D": 4},
+    "svhn": {"best_pgd20": 85.33, "best_D": 4},
+    "cifar100": {"best_pgd20": 53.25, "best_D": 60},
+}
 
 # App. E.1 (B.1 in the BMVC version): k-means + Eq. 4 on nominal CIFAR-10 features.
 KMEANS_ON_NOMINAL = {"nominal_accuracy": 95.0, "kmeans_eq4_accuracy": 21.6}
@@ -81,6 +97,7 @@ KMEANS_ON_NOMINAL = {"nominal_accuracy": 95.0, "kmeans_eq4_accuracy": 21.6}
 # External records of the same model (CIFAR-10, ε = 8/255).
 ROBUSTBENCH_CLUSTR = {"clean": 91.03, "reported": 74.04, "autoattack": 0.00}
 FOLLOWUP_AUTOATTACK_RANGE = (0.1, 0.8)  # Bhardwaj et al. (2022), QTRADES variants
+
 
 def accuracy_table(dataset: str) -> dict:
     """The paper's natural/PGD table for ``dataset`` (Table 1, or Table 3 for CIFAR-100)."""
@@ -103,77 +120,218 @@ def accuracy_table(dataset: str) -> dict:
 class Claim:
     """One claim of the paper (or one question of the audit) and how the book judges it."""
 
-    id: str                      # C1, C2, …
-    statement: str               # the claim, in the paper's terms
-    where: str                   # where the paper makes it
-    value: float | dict | None   # the paper's number (a dict: one per setting), if any
-    rule: str | None             # within | at_least | at_most | true | None
-    tolerance: float             # accuracy points (or the unit of ``value``)
-    chapter: str                 # the chapter that measures it
-    scope: str                   # "2d", a paper dataset, or "study"
-    measurement: str             # dotted path into the chapter's measurements[scope]
+    id: str  # C1, C2, …
+    statement: str  # the claim, in the paper's terms
+    where: str  # where the paper makes it
+    value: float | dict | None  # the paper's number (a dict: one per setting), if any
+    rule: str | None  # within | at_least | at_most | true | None
+    tolerance: float  # accuracy points (or the unit of ``value``)
+    chapter: str  # the chapter that measures it
+    scope: str  # "2d", a paper dataset, or "study"
+    measurement: str  # dotted path into the chapter's measurements[scope]
     also: dict = field(default_factory=dict)  # label → path: values shown next to it
-    study_chapter: str | None = None  # where the digits32 study measures the same (default: chapter)
-    audit: bool = False          # a question of the audit, not a statement of the paper
+    study_chapter: str | None = (
+        None  # where the digits32 study measures the same (default: chapter)
+    )
+    audit: bool = False  # a question of the audit, not a statement of the paper
     unit: str = "%"
 
 
 def _benchmark_claims() -> list[Claim]:
-    chapters = {"cifar10": ("03_cifar10", "Table 1"), "svhn": ("04_svhn", "Table 1"),
-                "cifar100": ("05_cifar100", "Table 3")}
+    chapters = {
+        "cifar10": ("03_cifar10", "Table 1"),
+        "svhn": ("04_svhn", "Table 1"),
+        "cifar100": ("05_cifar100", "Table 3"),
+    }
     path = "per_method.ClusTR + QTRADES.{}"
-    return [Claim(f"C{7 + i}", f"ClusTR + QTRADES keeps {accuracy_table(d)['ClusTR + QTRADES']['pgd100']:.2f}% "
-                  f"under PGD-100 (ε = 8/255) on {d}", where,
-                  accuracy_table(d)["ClusTR + QTRADES"]["pgd100"], "within", 3.0, chapter, d,
-                  path.format("pgd100_paper"), {"−log p_y": path.format("pgd100_ce")},
-                  study_chapter="06_digits32_study")
-            for i, (d, (chapter, where)) in enumerate(chapters.items())]
+    return [
+        Claim(
+            f"C{7 + i}",
+            f"ClusTR + QTRADES keeps {accuracy_table(d)['ClusTR + QTRADES']['pgd100']:.2f}% "
+            f"under PGD-100 (ε = 8/255) on {d}",
+            where,
+            accuracy_table(d)["ClusTR + QTRADES"]["pgd100"],
+            "within",
+            3.0,
+            chapter,
+            d,
+            path.format("pgd100_paper"),
+            {"−log p_y": path.format("pgd100_ce")},
+            study_chapter="06_digits32_study",
+        )
+        for i, (d, (chapter, where)) in enumerate(chapters.items())
+    ]
 
 
 CLAIMS = [
-    Claim("C1", "Theorem 1 is sound: no perturbation inside the certified radius changes the "
-          "prediction (share of points whose exact distance ≥ radius, worst Lipschitz estimate)",
-          "Theorem 1", 100.0, "at_least", 0.0, "01_certificate_2d", "2d", "sound_min"),
-    Claim("C2", "Theorem 1's radius is tight (median certified / exact distance, product bound; "
-          "we call ≥ 0.9 tight)", "App. C", 1.0, "at_least", 0.1, "01_certificate_2d", "2d",
-          "tight_product", unit=""),
-    Claim("C3", "With several clusters per class the radius reduces to the two nearest centroids "
-          "of different classes (share of points where that radius exceeds the exact distance)",
-          "App. A.1", 0.0, "at_most", 0.0, "01_certificate_2d", "2d", "paper_overstates"),
-    Claim("C4", "Magnet and ClusTR both reach 99% test accuracy on the synthetic sets (lowest "
-          "mean over methods and sets)", "Sec. 4.1", 99.0, "at_least", 1.0, "02_warm_start_2d",
-          "2d", "min_accuracy"),
-    Claim("C5", "Warm start gives higher certified accuracy at every radius (on every seed and set)",
-          "Fig. 3(b), (d)", None, "true", 0.0, "02_warm_start_2d", "2d", "certified_agrees",
-          unit=""),
-    Claim("C6", "The larger certified radius of warm start means a more robust model (exact "
-          "robust accuracy higher on every seed and set)", "Sec. 4.1", None, "true", 0.0,
-          "02_warm_start_2d", "2d", "exact_agrees", audit=True, unit=""),
+    Claim(
+        "C1",
+        "Theorem 1 is sound: no perturbation inside the certified radius changes the "
+        "prediction (share of points whose exact distance ≥ radius, worst Lipschitz estimate)",
+        "Theorem 1",
+        100.0,
+        "at_least",
+        0.0,
+        "01_certificate_2d",
+        "2d",
+        "sound_min",
+    ),
+    Claim(
+        "C2",
+        "Theorem 1's radius is tight (median certified / exact distance, product bound; "
+        "we call ≥ 0.9 tight)",
+        "App. C",
+        1.0,
+        "at_least",
+        0.1,
+        "01_certificate_2d",
+        "2d",
+        "tight_product",
+        unit="",
+    ),
+    Claim(
+        "C3",
+        "With several clusters per class the radius reduces to the two nearest centroids "
+        "of different classes (share of points where that radius exceeds the exact distance)",
+        "App. A.1",
+        0.0,
+        "at_most",
+        0.0,
+        "01_certificate_2d",
+        "2d",
+        "paper_overstates",
+    ),
+    Claim(
+        "C4",
+        "Magnet and ClusTR both reach 99% test accuracy on the synthetic sets (lowest "
+        "mean over methods and sets)",
+        "Sec. 4.1",
+        99.0,
+        "at_least",
+        1.0,
+        "02_warm_start_2d",
+        "2d",
+        "min_accuracy",
+    ),
+    Claim(
+        "C5",
+        "Warm start gives higher certified accuracy at every radius (on every seed and set)",
+        "Fig. 3(b), (d)",
+        None,
+        "true",
+        0.0,
+        "02_warm_start_2d",
+        "2d",
+        "certified_agrees",
+        unit="",
+    ),
+    Claim(
+        "C6",
+        "The larger certified radius of warm start means a more robust model (exact "
+        "robust accuracy higher on every seed and set)",
+        "Sec. 4.1",
+        None,
+        "true",
+        0.0,
+        "02_warm_start_2d",
+        "2d",
+        "exact_agrees",
+        audit=True,
+        unit="",
+    ),
     *_benchmark_claims(),
-    *[Claim(f"C{10 + i}", f"Table 4 on {d}: ClusTR + QTRADES under PGD-100 at ε ∈ {{2, 8, 16, "
-            f"25.5}}/255 (every ε)", "Table 4", {e: v[1] for e, v in table4(d).items()}, "within",
-            3.0, "07_eps_ablation", d, "pgd100.paper", {"at 25.5/255, −log p_y": "eps_max_ce"})
-      for i, d in enumerate(("cifar10", "svhn", "cifar100"))],
-    *[Claim(f"C{13 + i}", f"Fig. 4 on {d}: the best PGD-20 of ClusTR + QTRADES over D is "
-            f"{D_ABLATION[d]['best_pgd20']:.2f}% (at D = {D_ABLATION[d]['best_D']})", "Fig. 4, App. E.4",
-            D_ABLATION[d]["best_pgd20"], "within", 3.0, "08_d_ablation", d, "best",
-            {"at D": "best_d"}) for i, d in enumerate(("cifar10", "svhn", "cifar100"))],
-    *[Claim(f"C{16 + i}", f"The Magnet-loss attack takes ClusTR + QTRADES on {d} from "
-            f"{ADAPTIVE[d]['pgd100']:.2f}% to {ADAPTIVE[d]['adaptive']:.2f}%", "Sec. 4.2",
-            ADAPTIVE[d]["adaptive"], "within", 3.0, "09_adaptive_attack", d, "magnet",
-            {"paper's objective": "paper", "−log p_y": "ce"}) for i, d in enumerate(("cifar10", "svhn"))],
-    *[Claim(f"C{18 + i}", f"ClusTR + QTRADES' {accuracy_table(d)['ClusTR + QTRADES']['pgd100']:.2f}% "
+    *[
+        Claim(
+            f"C{10 + i}",
+            f"Table 4 on {d}: ClusTR + QTRADES under PGD-100 at ε ∈ {{2, 8, 16, "
+            f"25.5}}/255 (every ε)",
+            "Table 4",
+            {e: v[1] for e, v in table4(d).items()},
+            "within",
+            3.0,
+            "07_eps_ablation",
+            d,
+            "pgd100.paper",
+            {"at 25.5/255, −log p_y": "eps_max_ce"},
+        )
+        for i, d in enumerate(("cifar10", "svhn", "cifar100"))
+    ],
+    *[
+        Claim(
+            f"C{13 + i}",
+            f"Fig. 4 on {d}: the best PGD-20 of ClusTR + QTRADES over D is "
+            f"{D_ABLATION[d]['best_pgd20']:.2f}% (at D = {D_ABLATION[d]['best_D']})",
+            "Fig. 4, App. E.4",
+            D_ABLATION[d]["best_pgd20"],
+            "within",
+            3.0,
+            "08_d_ablation",
+            d,
+            "best",
+            {"at D": "best_d"},
+        )
+        for i, d in enumerate(("cifar10", "svhn", "cifar100"))
+    ],
+    *[
+        Claim(
+            f"C{16 + i}",
+            f"The Magnet-loss attack takes ClusTR + QTRADES on {d} from "
+            f"{ADAPTIVE[d]['pgd100']:.2f}% to {ADAPTIVE[d]['adaptive']:.2f}%",
+            "Sec. 4.2",
+            ADAPTIVE[d]["adaptive"],
+            "within",
+            3.0,
+            "09_adaptive_attack",
+            d,
+            "magnet",
+            {"paper's objective": "paper", "−log p_y": "ce"},
+        )
+        for i, d in enumerate(("cifar10", "svhn"))
+    ],
+    *[
+        Claim(
+            f"C{18 + i}",
+            f"ClusTR + QTRADES' {accuracy_table(d)['ClusTR + QTRADES']['pgd100']:.2f}% "
             f"on {d} holds under AutoAttack (RobustBench, CIFAR-10: "
-            f"{ROBUSTBENCH_CLUSTR['autoattack']:.2f}%)", "audit of Table 1/3",
-            accuracy_table(d)["ClusTR + QTRADES"]["pgd100"], "within", 3.0, "10_audit", d,
-            "autoattack", {"paper's PGD": "paper"}, audit=True)
-      for i, d in enumerate(("cifar10", "svhn", "cifar100"))],
-    Claim("C21", "Theorem 1 certifies the image models against the 8/255 ℓ∞ ball (the paper "
-          "computes no radius for them; share of attacked points certified)", "audit of Theorem 1",
-          None, None, 0.0, "10_audit", "cifar10", "certified",
-          {"median radius": "radius", "radius needed": "needed"}, audit=True),
-    Claim("C22", f"k-means + Eq. 4 on nominal CIFAR-10 features falls from "
-          f"{KMEANS_ON_NOMINAL['nominal_accuracy']:.1f}% to {KMEANS_ON_NOMINAL['kmeans_eq4_accuracy']:.1f}%",
-          "App. B.1", KMEANS_ON_NOMINAL["kmeans_eq4_accuracy"], "within", 3.0, "11_kmeans_nominal",
-          "cifar10", "kmeans", {"linear head": "head"}),
+            f"{ROBUSTBENCH_CLUSTR['autoattack']:.2f}%)",
+            "audit of Table 1/3",
+            accuracy_table(d)["ClusTR + QTRADES"]["pgd100"],
+            "within",
+            3.0,
+            "10_audit",
+            d,
+            "autoattack",
+            {"paper's PGD": "paper"},
+            audit=True,
+        )
+        for i, d in enumerate(("cifar10", "svhn", "cifar100"))
+    ],
+    Claim(
+        "C21",
+        "Theorem 1 certifies the image models against the 8/255 ℓ∞ ball (the paper "
+        "computes no radius for them; share of attacked points certified)",
+        "audit of Theorem 1",
+        None,
+        None,
+        0.0,
+        "10_audit",
+        "cifar10",
+        "certified",
+        {"median radius": "radius", "radius needed": "needed"},
+        audit=True,
+    ),
+    Claim(
+        "C22",
+        f"k-means + Eq. 4 on nominal CIFAR-10 features falls from "
+        f"{KMEANS_ON_NOMINAL['nominal_accuracy']:.1f}% to "
+        f"{KMEANS_ON_NOMINAL['kmeans_eq4_accuracy']:.1f}%",
+        "App. B.1",
+        KMEANS_ON_NOMINAL["kmeans_eq4_accuracy"],
+        "within",
+        3.0,
+        "11_kmeans_nominal",
+        "cifar10",
+        "kmeans",
+        {"linear head": "head"},
+    ),
 ]

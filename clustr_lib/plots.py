@@ -21,17 +21,36 @@ def decision_regions(ax, predict, extent, n: int = 300, alpha: float = 0.25):
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
     classes = predict(grid).reshape(n, n).numpy()
     cmap = plt.matplotlib.colors.ListedColormap(CLASS_COLOURS[: int(classes.max()) + 1])
-    ax.imshow(classes, origin="lower", extent=extent, cmap=cmap, alpha=alpha, aspect="auto",
-              interpolation="nearest")
-    ax.contour(xs.numpy(), ys.numpy(), classes, levels=np.arange(classes.max()) + 0.5,
-               colors="k", linewidths=1.0)
+    ax.imshow(
+        classes,
+        origin="lower",
+        extent=extent,
+        cmap=cmap,
+        alpha=alpha,
+        aspect="auto",
+        interpolation="nearest",
+    )
+    ax.contour(
+        xs.numpy(),
+        ys.numpy(),
+        classes,
+        levels=np.arange(classes.max()) + 0.5,
+        colors="k",
+        linewidths=1.0,
+    )
 
 
 def scatter_classes(ax, x, y, size: float = 8):
     for c in np.unique(np.asarray(y)):
         pts = np.asarray(x)[np.asarray(y) == c]
-        ax.scatter(pts[:, 0], pts[:, 1], s=size, color=CLASS_COLOURS[c], label=f"class {c}",
-                   edgecolors="none")
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=size,
+            color=CLASS_COLOURS[c],
+            label=f"class {c}",
+            edgecolors="none",
+        )
 
 
 def certified_circles(ax, x, radii, colour="k"):
@@ -57,7 +76,9 @@ def exact_vs_certified(ax, exact, certified: dict):
 def curves_with_spread(ax, thresholds, curves, label: str, colour=None):
     """Mean curve over seeds with the min–max band (``curves`` is ``[seeds, radii]``)."""
     curves = np.asarray(curves)
-    line, = ax.plot(thresholds, curves.mean(0), label=f"{label} (mean of {len(curves)})", color=colour)
+    (line,) = ax.plot(
+        thresholds, curves.mean(0), label=f"{label} (mean of {len(curves)})", color=colour
+    )
     ax.fill_between(thresholds, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("radius r")
     ax.set_ylim(0, 1.02)
@@ -83,8 +104,16 @@ def bisector_example(ax, point, centroids, classes, radii: dict, extent=(-1, 4, 
         ax.scatter(*mu, s=80, marker="*", color=CLASS_COLOURS[c], zorder=3)
     ax.scatter(*point, s=30, color="k", zorder=3, label="f(x)")
     for (label, r), style in zip(radii.items(), ("-", "--", ":")):
-        ax.add_patch(Circle(tuple(point), r, fill=False, linestyle=style, linewidth=1.5,
-                            label=f"{label}: r = {r:.3f}"))
+        ax.add_patch(
+            Circle(
+                tuple(point),
+                r,
+                fill=False,
+                linestyle=style,
+                linewidth=1.5,
+                label=f"{label}: r = {r:.3f}",
+            )
+        )
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])
     ax.set_aspect("equal")
@@ -92,28 +121,52 @@ def bisector_example(ax, point, centroids, classes, radii: dict, extent=(-1, 4, 
 
 
 def method_bars(ax, frame, columns: dict, order=None):
-    """Grouped bars per method: mean over seeds with min–max whiskers (``columns``: name → label)."""
-    long = frame.melt(id_vars=["method", "seed"], value_vars=list(columns), var_name="measure",
-                      value_name="accuracy")
+    """Grouped bars per method: mean over seeds with min–max whiskers (``columns``: name →
+    label)."""
+    long = frame.melt(
+        id_vars=["method", "seed"],
+        value_vars=list(columns),
+        var_name="measure",
+        value_name="accuracy",
+    )
     long["measure"] = long["measure"].map(columns)
-    grouped_bars(ax, long, "method", "measure", "accuracy", order=order,
-                 hue_order=list(columns.values()))
+    grouped_bars(
+        ax, long, "method", "measure", "accuracy", order=order, hue_order=list(columns.values())
+    )
     ax.set_xticklabels(ax.get_xticklabels(), rotation=20, ha="right")
     ax.legend(fontsize=8)
 
 
-def paper_vs_ours_bars(ax, frame, paper_table: dict, column: str = "pgd100_paper",
-                       paper_key: str = "pgd100", labels=("paper", "ours")):
+def paper_vs_ours_bars(
+    ax,
+    frame,
+    paper_table: dict,
+    column: str = "pgd100_paper",
+    paper_key: str = "pgd100",
+    labels=("paper", "ours"),
+):
     """Per method of the paper's table: its reported accuracy next to our mean (min–max);
     ``labels``: the legend's names of the two bars."""
     methods = list(paper_table)
     ours = frame.groupby("method")[column].agg(["mean", "min", "max"]).reindex(methods)
     pos = np.arange(len(methods))
-    ax.bar(pos - 0.2, [paper_table[m][paper_key] for m in methods], 0.4, label=labels[0],
-           color="lightgrey", edgecolor="k")
-    ax.bar(pos + 0.2, ours["mean"].fillna(0), 0.4, label=labels[1], color="tab:blue",
-           yerr=[(ours["mean"] - ours["min"]).fillna(0), (ours["max"] - ours["mean"]).fillna(0)],
-           capsize=2)
+    ax.bar(
+        pos - 0.2,
+        [paper_table[m][paper_key] for m in methods],
+        0.4,
+        label=labels[0],
+        color="lightgrey",
+        edgecolor="k",
+    )
+    ax.bar(
+        pos + 0.2,
+        ours["mean"].fillna(0),
+        0.4,
+        label=labels[1],
+        color="tab:blue",
+        yerr=[(ours["mean"] - ours["min"]).fillna(0), (ours["max"] - ours["mean"]).fillna(0)],
+        capsize=2,
+    )
     for p, missing in zip(pos, ours["mean"].isna()):
         if missing:
             ax.text(p + 0.2, 1, "not run", rotation=90, ha="center", va="bottom", fontsize=7)
@@ -131,7 +184,7 @@ def paper_vs_ours_bars(ax, frame, paper_table: dict, column: str = "pgd100_paper
 
 def _band(ax, frame, x, y, label, **style):
     stats = frame.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
-    line, = ax.plot(stats.index, stats["mean"], marker="o", markersize=3, label=label, **style)
+    (line,) = ax.plot(stats.index, stats["mean"], marker="o", markersize=3, label=label, **style)
     ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
     return line
 
@@ -143,16 +196,18 @@ def eps_curves(ax, frame, paper_points: dict | None = None, column: str = "pgd10
         _band(ax, group, "eps_255", column, f"ours: {ATTACK_LABELS[objective]}")
     if paper_points:
         reported = [v[0 if column == "pgd20" else 1] for v in paper_points.values()]
-        ax.scatter(list(paper_points), reported, marker="x", color="k", zorder=3,
-                   label="paper (reported)")
+        ax.scatter(
+            list(paper_points), reported, marker="x", color="k", zorder=3, label="paper (reported)"
+        )
     ax.set_xlabel("ε (× 1/255)")
     ax.set_ylabel(f"{column.upper().replace('PGD', 'PGD-')} accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
 
 
-def d_curves(ax, clean, robust, paper_point: tuple | None = None, table_d: int = 20,
-             column: str = "pgd20"):
+def d_curves(
+    ax, clean, robust, paper_point: tuple | None = None, table_d: int = 20, column: str = "pgd20"
+):
     """Fig. 4: clean and PGD accuracy vs D (log axis); the paper's best point as a star and
     the tables' D as a dotted line."""
     steps = column.upper().replace("PGD", "PGD-")
@@ -160,9 +215,15 @@ def d_curves(ax, clean, robust, paper_point: tuple | None = None, table_d: int =
     for objective, group in robust.groupby("objective", sort=False):
         _band(ax, group, "D", column, f"ours: {ATTACK_LABELS[objective].replace('PGD', steps)}")
     if paper_point:
-        ax.scatter([paper_point[0]], [paper_point[1]], marker="*", s=150, color="k", zorder=3,
-                   label=f"paper (reported): best {steps} {paper_point[1]}% "
-                         f"at D = {paper_point[0]}")
+        ax.scatter(
+            [paper_point[0]],
+            [paper_point[1]],
+            marker="*",
+            s=150,
+            color="k",
+            zorder=3,
+            label=f"paper (reported): best {steps} {paper_point[1]}% at D = {paper_point[0]}",
+        )
     ax.axvline(table_d, color="k", linestyle=":", linewidth=1, label=f"D = {table_d} (tables)")
     ax.set_xscale("log")
     ticks = sorted({int(d) for d in robust["D"]} | {table_d})
@@ -182,11 +243,14 @@ def grouped_bars(ax, frame, group: str, hue: str, value: str, order=None, hue_or
     width = 0.8 / len(hues)
     positions = {}
     for k, h in enumerate(hues):
-        stats = (frame[frame[hue] == h].groupby(group)[value].agg(["mean", "min", "max"])
-                 .reindex(groups))
+        stats = (
+            frame[frame[hue] == h].groupby(group)[value].agg(["mean", "min", "max"]).reindex(groups)
+        )
         pos = np.arange(len(groups)) + (k - (len(hues) - 1) / 2) * width
-        whiskers = [(stats["mean"] - stats["min"]).fillna(0),
-                    (stats["max"] - stats["mean"]).fillna(0)]
+        whiskers = [
+            (stats["mean"] - stats["min"]).fillna(0),
+            (stats["max"] - stats["mean"]).fillna(0),
+        ]
         ax.bar(pos, stats["mean"].fillna(0), width, label=h, yerr=whiskers, capsize=2)
         positions.update({(g, h): x for g, x in zip(groups, pos)})
     ax.set_xticks(np.arange(len(groups)))
@@ -206,11 +270,21 @@ def gradient_histograms(ax, frame, floor: float = 1e-12):
     for objective, group in frame.groupby("objective", sort=False):
         norms = group["norm"].to_numpy(dtype=float)
         zeros = int((norms == 0).sum())
-        ax.hist(np.where(norms == 0, floor, norms), bins=bins, histtype="step", linewidth=1.5,
-                label=f"{ATTACK_LABELS.get(objective, objective).removeprefix('PGD, ')} "
-                      f"({zeros} of {len(norms)} exactly 0)")
-    ax.axvline(float(np.finfo(np.float32).eps), color="k", linestyle=":", linewidth=1,
-               label="float32 resolution (1.2e-7)")
+        ax.hist(
+            np.where(norms == 0, floor, norms),
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            label=f"{ATTACK_LABELS.get(objective, objective).removeprefix('PGD, ')} "
+            f"({zeros} of {len(norms)} exactly 0)",
+        )
+    ax.axvline(
+        float(np.finfo(np.float32).eps),
+        color="k",
+        linestyle=":",
+        linewidth=1,
+        label="float32 resolution (1.2e-7)",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("‖∇ₓ loss‖₂ at the clean input (zeros drawn at the left edge)")
     ax.set_ylabel("points")
@@ -241,8 +315,9 @@ def attack_path_curves(loss_ax, acc_ax, frame):
 # helpers are those of the evaluation chapters, below).
 
 
-def paper_vs_ours_figure(runs, paper_table: dict, column: str = "pgd100_paper",
-                         paper_key: str = "pgd100"):
+def paper_vs_ours_figure(
+    runs, paper_table: dict, column: str = "pgd100_paper", paper_key: str = "pgd100"
+):
     """Chapters 3–5 (Table 1 or 3 as a figure): per method of the paper's table, its reported
     accuracy (``paper_key``) next to ours (``column`` of :func:`clustr_lib.studies.runs_frame`:
     mean over seeds, min–max whiskers; "not run" where we have no run), one panel per source.
@@ -252,9 +327,14 @@ def paper_vs_ours_figure(runs, paper_table: dict, column: str = "pgd100_paper",
     fig, axes = _source_panels(labels, 3.8, 9)
     for ax, label in zip(axes[:, 0], labels):
         own = _of(runs, label)
-        paper_vs_ours_bars(ax, own, paper_table, column, paper_key,
-                           labels=(f"paper (reported, {steps})",
-                                   f"ours: {steps}, paper's objective"))
+        paper_vs_ours_bars(
+            ax,
+            own,
+            paper_table,
+            column,
+            paper_key,
+            labels=(f"paper (reported, {steps})", f"ours: {steps}, paper's objective"),
+        )
         _title(ax, label, own, f"{steps} accuracy, paper vs ours")
         _outside(ax)
     return fig
@@ -265,9 +345,11 @@ def method_objective_bars(runs, steps: int = 100):
     PGD-``steps`` accuracy under the paper's objective and under −log p_y (bars: mean over
     seeds, whiskers: min–max), one panel per source of :func:`clustr_lib.studies.runs_frame`.
     Returns the figure."""
-    columns = {"clean_accuracy": "ours: clean (whole test set)",
-               f"pgd{steps}_paper": f"ours: PGD-{steps}, paper's objective",
-               f"pgd{steps}_ce": f"ours: PGD-{steps}, −log p_y"}
+    columns = {
+        "clean_accuracy": "ours: clean (whole test set)",
+        f"pgd{steps}_paper": f"ours: PGD-{steps}, paper's objective",
+        f"pgd{steps}_ce": f"ours: PGD-{steps}, −log p_y",
+    }
     labels = list(dict.fromkeys(runs["source"]))
     fig, axes = _source_panels(labels, 4, 10)
     for ax, label in zip(axes[:, 0], labels):
@@ -295,8 +377,9 @@ def certified_balls_figure(predict, x, y, radii: dict, extent, title: str | None
         decision_regions(ax, predict, extent)
         scatter_classes(ax, x, y, size=12)
         certified_circles(ax, x, r)
-        ax.set(title=label, xlim=extent[:2], ylim=extent[2:], xlabel="x₁", ylabel="x₂",
-               aspect="equal")
+        ax.set(
+            title=label, xlim=extent[:2], ylim=extent[2:], xlabel="x₁", ylabel="x₂", aspect="equal"
+        )
     _legend_right_2d(axes[0, 0])
     if title:
         fig.suptitle(title)
@@ -341,16 +424,19 @@ def reduction_figure(point, centroids, classes, radii: dict):
     return fig
 
 
-def warm_start_figure(thresholds, curves: dict, certified_xlim: float | None = 0.3,
-                      colours=("tab:orange", "tab:blue")):
+def warm_start_figure(
+    thresholds, curves: dict, certified_xlim: float | None = 0.3, colours=("tab:orange", "tab:blue")
+):
     """Chapter 2, Fig. 3(b), (d): per set (``{set: {method: {"certified"|"exact": [seeds,
     radii]}}}``) one panel of certified accuracy (Theorem 1) and one of exact robust accuracy,
     stacked; mean over seeds with the min–max band, one colour per method (legend beside the
     first panel)."""
     panels = [(name, kind) for name in curves for kind in ("certified", "exact")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 3.2 * len(panels)), squeeze=False)
-    titles = {"certified": "certified accuracy (Theorem 1, product bound)",
-              "exact": "exact robust accuracy (search)"}
+    titles = {
+        "certified": "certified accuracy (Theorem 1, product bound)",
+        "exact": "exact robust accuracy (search)",
+    }
     for ax, (name, kind) in zip(axes[:, 0], panels):
         for (method, c), colour in zip(curves[name].items(), colours):
             curves_with_spread(ax, thresholds, c[kind], method, colour)
@@ -371,8 +457,13 @@ def warm_start_figure(thresholds, curves: dict, certified_xlim: float | None = 0
 def _source_panels(labels, height: float, width: float = 10.0, ncols: int = 1):
     """A figure with one row of ``ncols`` axes per source label; closed in pyplot so a
     notebook shows it once, as the returned value."""
-    fig, axes = plt.subplots(len(labels), ncols, figsize=(width, height * len(labels)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(labels),
+        ncols,
+        figsize=(width, height * len(labels)),
+        squeeze=False,
+        layout="constrained",
+    )
     plt.close(fig)
     return fig, axes
 
@@ -418,9 +509,14 @@ def d_ablation(clean, robust, sources, column: str = "pgd20"):
     fig, axes = _source_panels(sources, 3.4)
     for ax, s in zip(axes[:, 0], sources):
         best = paper.D_ABLATION.get(s.paper_dataset)
-        d_curves(ax, _of(clean, s.label), _of(robust, s.label),
-                 (best["best_D"], best["best_pgd20"]) if best and column == "pgd20" else None,
-                 table_d=s.settings["num_nearest"], column=column)
+        d_curves(
+            ax,
+            _of(clean, s.label),
+            _of(robust, s.label),
+            (best["best_D"], best["best_pgd20"]) if best and column == "pgd20" else None,
+            table_d=s.settings["num_nearest"],
+            column=column,
+        )
         _title(ax, s.label, _of(robust, s.label), "ClusTR + QTRADES against D")
         _outside(ax)
     return fig
@@ -438,8 +534,10 @@ def adaptive_attack(frame, sources, column: str = "pgd100"):
         own = own.assign(attack="ours: " + own["objective"].map(ATTACK_LABELS))
         at = grouped_bars(ax, own, "method", "attack", column)
         reported = paper.ADAPTIVE.get(s.paper_dataset, {})
-        bars = {("ClusTR + QTRADES", f"ours: {ATTACK_LABELS[o]}"): reported.get(key)
-                for o, key in (("paper", "pgd100"), ("magnet", "adaptive"))}
+        bars = {
+            ("ClusTR + QTRADES", f"ours: {ATTACK_LABELS[o]}"): reported.get(key)
+            for o, key in (("paper", "pgd100"), ("magnet", "adaptive"))
+        }
         _mark_reported(ax, [(at[bar], v) for bar, v in bars.items() if v is not None and bar in at])
         ax.set_ylabel(f"{column.upper().replace('PGD', 'PGD-')} accuracy (%)")
         _title(ax, s.label, own, "the adaptive attack")
@@ -462,9 +560,17 @@ def attack_comparison(comparison, sources):
             _mark_reported(ax, [(at[bar], reported)])
         bar = ("ClusTR + QTRADES", f"ours: {ATTACK_LABELS['autoattack']}")
         if s.paper_dataset == "cifar10" and bar in at:
-            ax.scatter([at[bar]], [paper.ROBUSTBENCH_CLUSTR["autoattack"]], marker="v", s=60,
-                       color="white", edgecolor="k", zorder=4, clip_on=False,
-                       label="RobustBench (reported AutoAttack)")
+            ax.scatter(
+                [at[bar]],
+                [paper.ROBUSTBENCH_CLUSTR["autoattack"]],
+                marker="v",
+                s=60,
+                color="white",
+                edgecolor="k",
+                zorder=4,
+                clip_on=False,
+                label="RobustBench (reported AutoAttack)",
+            )
         ax.set_ylabel("robust accuracy (%)")
         _title(ax, s.label, own, "every attack")
         _outside(ax)
@@ -496,8 +602,9 @@ def attack_paths(frame):
         for ax, what in ((loss_ax, "mean objective"), (acc_ax, "accuracy")):
             ax.get_legend().remove()
             ax.set_title(f"{label}: {what} along the path", fontsize=10)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center",
-               ncol=4, fontsize=8)
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=4, fontsize=8
+    )
     return fig
 
 
@@ -507,17 +614,23 @@ def kmeans_on_nominal(frame, sources):
     mean over seeds, whiskers: min–max), one panel per source; the paper's CIFAR-10 values are
     marked on a cifar10 source only. Returns the figure."""
     classifiers = [c for c in frame.columns if c not in ("source", "seed", "σ²")]
-    reported = {"linear head": paper.KMEANS_ON_NOMINAL["nominal_accuracy"],
-                "k-means + Eq. 4 (D in the tables)": paper.KMEANS_ON_NOMINAL["kmeans_eq4_accuracy"]}
+    reported = {
+        "linear head": paper.KMEANS_ON_NOMINAL["nominal_accuracy"],
+        "k-means + Eq. 4 (D in the tables)": paper.KMEANS_ON_NOMINAL["kmeans_eq4_accuracy"],
+    }
     fig, axes = _source_panels(sources, 3.4)
     for ax, s in zip(axes[:, 0], sources):
         own = _of(frame, s.label)
-        long = own.melt(id_vars=["seed"], value_vars=classifiers, var_name="classifier",
-                        value_name="accuracy").assign(who="ours: nominal network")
+        long = own.melt(
+            id_vars=["seed"], value_vars=classifiers, var_name="classifier", value_name="accuracy"
+        ).assign(who="ours: nominal network")
         at = grouped_bars(ax, long, "classifier", "who", "accuracy")
         if s.paper_dataset == "cifar10":
-            _mark_reported(ax, [(at[(c, "ours: nominal network")], v) for c, v in reported.items()],
-                           "paper (reported, CIFAR-10)")
+            _mark_reported(
+                ax,
+                [(at[(c, "ours: nominal network")], v) for c, v in reported.items()],
+                "paper (reported, CIFAR-10)",
+            )
         ax.set_xticks(range(len(classifiers)), [c.replace(" (", "\n(") for c in classifiers])
         ax.set_ylabel("test accuracy (%)")
         _title(ax, s.label, own, "nominal network")

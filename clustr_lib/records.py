@@ -47,10 +47,19 @@ def git_commit() -> str:
     """Commit of the working tree that produced a result (``unknown`` outside git)."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=here).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=here,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=here,
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -61,9 +70,13 @@ def provenance(device=None, **extra) -> dict:
     return {
         "git_commit": git_commit(),
         "device": device_name(device),
-        "versions": {"clustr_lib": __version__, "torch": torch.__version__,
-                     "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "clustr_lib": __version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+            "python": platform.python_version(),
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
@@ -124,14 +137,19 @@ def data_identity(data) -> dict:
         digest = hashlib.sha256()
         for tensor in (data.y_train, data.y_test, data.x_train, data.x_test):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        cached = {"dataset": data.name, "train_size": int(len(data.y_train)),
-                  "test_size": int(len(data.y_test)), "sha256": digest.hexdigest()[:16]}
+        cached = {
+            "dataset": data.name,
+            "train_size": int(len(data.y_train)),
+            "test_size": int(len(data.y_test)),
+            "sha256": digest.hexdigest()[:16],
+        }
         _IDENTITIES[data] = cached
     return dict(cached)
 
 
-def record_path(directory, config: dict, kind: str | None = None, key: dict | None = None,
-                suffix: str = ".json") -> Path:
+def record_path(
+    directory, config: dict, kind: str | None = None, key: dict | None = None, suffix: str = ".json"
+) -> Path:
     """The one naming scheme of the results cache: ``<dataset>-<method>-s<seed>[-<kind>]-<hash>``
     in ``directory``, hashing ``key`` (default: the run's ``config``)."""
     stem = f"{config['dataset']}-{config['method']}-s{config['seed']}"
@@ -148,8 +166,9 @@ class RunRecord:
     Attributes:
         config: everything that determined the run (hashed for the cache).
         clean_accuracy: on the whole test set (``test_size`` images).
-        pgd: ``{objective: {"clean": accuracy on the attacked points, "robust": {steps: accuracy}}}``
-            at the protocol's PGD (:func:`clustr_lib.protocol.pgd_params`) on ``eval_size`` points.
+        pgd: ``{objective: {"clean": accuracy on the attacked points, "robust": {steps:
+            accuracy}}}`` at the protocol's PGD (:func:`clustr_lib.protocol.pgd_params`) on
+            ``eval_size`` points.
         training: ``{"seconds", "stages", "final_train_accuracy"}``.
     """
 
@@ -179,11 +198,19 @@ class RunRecord:
         return self.pgd[objective]["robust"][str(steps)]
 
     def to_json(self) -> dict:
-        return {"config": self.config, "format": 2,
-                "metrics": {"clean_accuracy": self.clean_accuracy, "test_size": self.test_size,
-                            "eval_size": self.eval_size, "pgd": self.pgd},
-                "training": self.training, "attack_seconds": self.attack_seconds,
-                "provenance": self.provenance}
+        return {
+            "config": self.config,
+            "format": 2,
+            "metrics": {
+                "clean_accuracy": self.clean_accuracy,
+                "test_size": self.test_size,
+                "eval_size": self.eval_size,
+                "pgd": self.pgd,
+            },
+            "training": self.training,
+            "attack_seconds": self.attack_seconds,
+            "provenance": self.provenance,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> RunRecord:
@@ -195,14 +222,22 @@ class RunRecord:
             pgd = {}
             for key, value in metrics.items():
                 if key.startswith("clean_accuracy_eval_"):
-                    pgd.setdefault(key[len("clean_accuracy_eval_"):], {"robust": {}})["clean"] = value
+                    pgd.setdefault(key[len("clean_accuracy_eval_") :], {"robust": {}})["clean"] = (
+                        value
+                    )
             for objective, entry in pgd.items():
                 for steps in data["config"]["pgd_steps"]:
                     entry["robust"][str(steps)] = metrics[f"pgd{steps}_{objective}"]
-        return cls(config=data["config"], clean_accuracy=metrics["clean_accuracy"],
-                   test_size=metrics["test_size"], eval_size=metrics["eval_size"], pgd=pgd,
-                   training=data["training"], provenance=data["provenance"],
-                   attack_seconds=data.get("attack_seconds", {}))
+        return cls(
+            config=data["config"],
+            clean_accuracy=metrics["clean_accuracy"],
+            test_size=metrics["test_size"],
+            eval_size=metrics["eval_size"],
+            pgd=pgd,
+            training=data["training"],
+            provenance=data["provenance"],
+            attack_seconds=data.get("attack_seconds", {}),
+        )
 
 
 def load_run(config: dict, directory) -> RunRecord | None:

@@ -27,11 +27,13 @@ SCALE_PROFILES = ("full",)  # profiles at the paper's settings (chapters without
 STAND_IN_WARNING = (
     "> **Not a reproduction.** The paper's datasets are replaced by a stand-in or the protocol "
     "is reduced in this build: those sections exercise the chapter's code end to end, their "
-    "numbers say nothing about the paper's, and no verdict is drawn from them.")
+    "numbers say nothing about the paper's, and no verdict is drawn from them."
+)
 STUDY_NOTE = (
     "The digits32 study's numbers are **our measurement** on a stand-in dataset (chapter 6: "
     "narrow ResNet-18, 3 seeds, the paper's attack protocol on 80 test points), recorded in "
-    "`results/digits32/evaluations/`; they are not the paper's.")
+    "`results/digits32/evaluations/`; they are not the paper's."
+)
 
 
 def glue_all(values: dict) -> None:
@@ -73,12 +75,20 @@ def provenance_table(sources, profile: str) -> pd.DataFrame:
     """Where a chapter's numbers come from, one row per source: profile, dataset, seeds, the
     devices that trained the models and made the evaluations, and how many evaluations were
     read from the record or computed while building the page."""
-    rows = [{"source": s.label, "profile": profile, "dataset": s.dataset, "seeds": s.seeds,
-             "paper's protocol": s.at_scale,
-             "trained on": ", ".join(sorted(s.train_devices)) or "—",
-             "evaluated on": ", ".join(sorted(s.eval_devices)) or "(recorded in the runs)",
-             "evaluations read": len(s.loaded), "evaluations computed": len(s.computed)}
-            for s in sources]
+    rows = [
+        {
+            "source": s.label,
+            "profile": profile,
+            "dataset": s.dataset,
+            "seeds": s.seeds,
+            "paper's protocol": s.at_scale,
+            "trained on": ", ".join(sorted(s.train_devices)) or "—",
+            "evaluated on": ", ".join(sorted(s.eval_devices)) or "(recorded in the runs)",
+            "evaluations read": len(s.loaded),
+            "evaluations computed": len(s.computed),
+        }
+        for s in sources
+    ]
     return pd.DataFrame(rows).set_index("source")
 
 
@@ -94,13 +104,16 @@ class Chapter:
         show: display the banner now (image chapters).
     """
 
-    def __init__(self, name: str, profile: str, output_dir=".", sources=(), scopes=None,
-                 show: bool = True):
+    def __init__(
+        self, name: str, profile: str, output_dir=".", sources=(), scopes=None, show: bool = True
+    ):
         self.name, self.profile, self.output_dir = name, profile, Path(output_dir)
         self.sources = list(sources)
-        self.scopes = ({k: {"label": v, "at_scale": profile in SCALE_PROFILES}
-                        for k, v in scopes.items()} if scopes else
-                       {s.key: {"label": s.label, "at_scale": s.at_scale} for s in self.sources})
+        self.scopes = (
+            {k: {"label": v, "at_scale": profile in SCALE_PROFILES} for k, v in scopes.items()}
+            if scopes
+            else {s.key: {"label": s.label, "at_scale": s.at_scale} for s in self.sources}
+        )
         self.started = time.perf_counter()
         self.result = None  # what :meth:`finish` recorded
         if show and self.sources:
@@ -118,19 +131,31 @@ class Chapter:
         its claims, ``content`` (rows, frames as records) and the provenance, in
         ``<output_dir>/<name>.json``; glue ``profile``, every measurement as
         ``<scope>_<name>`` and every verdict as ``<claim id>_verdict``. Returns the result."""
-        result = {"chapter": self.name, "profile": self.profile, "scopes": self.scopes,
-                  "measurements": to_plain(measurements), **content}
+        result = {
+            "chapter": self.name,
+            "profile": self.profile,
+            "scopes": self.scopes,
+            "measurements": to_plain(measurements),
+            **content,
+        }
         verdicts = {c.id: judge(c, result)["verdict"] for c in CLAIMS if c.chapter == self.name}
         result["verdicts"] = verdicts
         result["computed"] = [n for s in self.sources for n in s.computed]
         result["recorded"] = [n for s in self.sources for n in s.loaded]
         table = provenance_table(self.sources, self.profile) if self.sources else None
         result["provenance"] = provenance(
-            wall_seconds=time.perf_counter() - self.started, computed_on=device_name(),
-            sources=[] if table is None else table.reset_index().to_dict(orient="records"))
+            wall_seconds=time.perf_counter() - self.started,
+            computed_on=device_name(),
+            sources=[] if table is None else table.reset_index().to_dict(orient="records"),
+        )
         save_json(self.output_dir / f"{self.name}.json", to_plain(result))
-        glue_all({"profile": self.profile, **flatten(result["measurements"]),
-                  **{f"{k}_verdict": v for k, v in verdicts.items()}})
+        glue_all(
+            {
+                "profile": self.profile,
+                **flatten(result["measurements"]),
+                **{f"{k}_verdict": v for k, v in verdicts.items()},
+            }
+        )
         self.result = result
         return result
 
@@ -144,12 +169,20 @@ class Chapter:
         if self.result is None:
             raise RuntimeError(f"{self.name}: call finish() before provenance()")
         prov = self.result["provenance"]
-        return pd.DataFrame([{"sets": scope["label"], "profile": self.profile,
-                              "paper's settings": scope["at_scale"],
-                              "seeds": self.result["measurements"].get(key, {}).get("seeds"),
-                              "computed on": prov["computed_on"], "commit": prov["git_commit"],
-                              "wall seconds": round(prov["wall_seconds"], 1)}
-                             for key, scope in self.scopes.items()]).set_index("sets")
+        return pd.DataFrame(
+            [
+                {
+                    "sets": scope["label"],
+                    "profile": self.profile,
+                    "paper's settings": scope["at_scale"],
+                    "seeds": self.result["measurements"].get(key, {}).get("seeds"),
+                    "computed on": prov["computed_on"],
+                    "commit": prov["git_commit"],
+                    "wall seconds": round(prov["wall_seconds"], 1),
+                }
+                for key, scope in self.scopes.items()
+            ]
+        ).set_index("sets")
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,43 +223,72 @@ def summary_rows(results: dict) -> pd.DataFrame:
     rows = []
     for claim, judged in judge_all(results):
         at_scale = judged["verdict"] in ("reproduced", "not reproduced") or (
-            claim.rule is None and (results.get(claim.chapter) or {}).get("scopes", {})
-            .get(claim.scope, {}).get("at_scale", False))
+            claim.rule is None
+            and (results.get(claim.chapter) or {})
+            .get("scopes", {})
+            .get(claim.scope, {})
+            .get("at_scale", False)
+        )
         ours = format_value(judged["ours"], claim.unit) if at_scale else "—"
         if at_scale and judged["also"]:
-            ours += " (" + "; ".join(f"{k}: {format_value(v, claim.unit)}"
-                                     for k, v in judged["also"].items()) + ")"
-        study = judge(dataclasses.replace(claim, scope="study"),
-                      results.get(claim.study_chapter or claim.chapter))
-        rows.append({"id": claim.id, "claim": claim.statement + (" *(audit)*" if claim.audit else ""),
-                     "where": claim.where, "paper": _claim_value(claim),
-                     "judged by": criterion(claim), "ours": ours,
-                     "digits32 study (ours)": format_value(study["ours"], claim.unit),
-                     "profile": judged["profile"] or "—", "verdict": judged["verdict"]})
+            ours += (
+                " ("
+                + "; ".join(
+                    f"{k}: {format_value(v, claim.unit)}" for k, v in judged["also"].items()
+                )
+                + ")"
+            )
+        study = judge(
+            dataclasses.replace(claim, scope="study"),
+            results.get(claim.study_chapter or claim.chapter),
+        )
+        rows.append(
+            {
+                "id": claim.id,
+                "claim": claim.statement + (" *(audit)*" if claim.audit else ""),
+                "where": claim.where,
+                "paper": _claim_value(claim),
+                "judged by": criterion(claim),
+                "ours": ours,
+                "digits32 study (ours)": format_value(study["ours"], claim.unit),
+                "profile": judged["profile"] or "—",
+                "verdict": judged["verdict"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def summary_markdown(results: dict) -> str:
     """The summary page (MyST Markdown) from the chapters' results."""
     table = summary_rows(results)
-    header = ("# Summary: the paper's claims and our numbers\n\n"
-              "Generated from the chapters' JSON results and the claims registry "
-              "(`clustr_lib.paper.CLAIMS`); every verdict is computed by "
-              "`clustr_lib.verdicts`. *Ours* is shown only where the chapter ran the paper's "
-              "protocol on the paper's dataset; a stand-in build shows “—” there. The "
-              "*digits32 study* column is our measurement on another dataset (chapter 6), never "
-              "a reproduction of the paper's number. A claim is *reproduced* when our mean is "
-              "within the tolerance of the paper's value (3 accuracy points for accuracies). "
-              "Each chapter page states its device and seeds. Where the paper's text, the official "
-              "code and this library differ, [the deviations page](../deviations.md) says how and "
-              "which one the book follows.\n\n")
+    header = (
+        "# Summary: the paper's claims and our numbers\n\n"
+        "Generated from the chapters' JSON results and the claims registry "
+        "(`clustr_lib.paper.CLAIMS`); every verdict is computed by "
+        "`clustr_lib.verdicts`. *Ours* is shown only where the chapter ran the paper's "
+        "protocol on the paper's dataset; a stand-in build shows “—” there. The "
+        "*digits32 study* column is our measurement on another dataset (chapter 6), never "
+        "a reproduction of the paper's number. A claim is *reproduced* when our mean is "
+        "within the tolerance of the paper's value (3 accuracy points for accuracies). "
+        "Each chapter page states its device and seeds. Where the paper's text, the official "
+        "code and this library differ, [the deviations page](../deviations.md) says how and "
+        "which one the book follows.\n\n"
+    )
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(row[c]).replace("|", "\\|") for c in table.columns) + " |"
-              for _, row in table.iterrows()]
-    study = ["", "## The digits32 study's findings (chapters 7–11)", "",
-             "Our measurement on the recorded digits32 study (7 methods × 3 seeds, CPU), "
-             "ClusTR + QTRADES unless a row says otherwise.", "",
-             "| chapter | finding |", "|---|---|"]
+    lines += [
+        "| " + " | ".join(str(row[c]).replace("|", "\\|") for c in table.columns) + " |"
+        for _, row in table.iterrows()
+    ]
+    study = [
+        "",
+        "## The digits32 study's findings (chapters 7–11)",
+        "",
+        "Our measurement on the recorded digits32 study (7 methods × 3 seeds, CPU), "
+        "ClusTR + QTRADES unless a row says otherwise.",
+        "",
+        "| chapter | finding |",
+        "|---|---|",
+    ]
     for chapter, what in STUDY_SHAPES:
         measured = (results.get(chapter) or {}).get("measurements", {}).get("study", {})
         key = "cert_shape" if what.startswith("Theorem") else "shape"

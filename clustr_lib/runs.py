@@ -28,8 +28,12 @@ from .train import seed_everything, train_cross_entropy, train_magnet
 def run_config(dataset: str, method: str, seed: int, settings: dict) -> dict:
     """Everything that determines a run's result, as plain JSON (hashed for the cache)."""
     protocol.check_method(method)
-    return {"dataset": dataset, "method": method, "seed": int(seed),
-            **{k: to_plain(v) for k, v in sorted(settings.items())}}
+    return {
+        "dataset": dataset,
+        "method": method,
+        "seed": int(seed),
+        **{k: to_plain(v) for k, v in sorted(settings.items())},
+    }
 
 
 def model_path(config: dict, models_dir) -> Path:
@@ -52,16 +56,31 @@ def scaled_milestones(milestones, epochs: int, nominal_epochs: int) -> list[int]
 
 
 def cross_entropy_recipe(config: dict) -> tuple[str, dict, int]:
-    """``(step, step_args, epochs)`` of a cross-entropy method (:func:`clustr_lib.train.train_cross_entropy`)."""
+    """``(step, step_args, epochs)`` of a cross-entropy method
+    (:func:`clustr_lib.train.train_cross_entropy`)."""
     method = config["method"]
     if method == "qtrades":
-        return "qtrades", {"lam": config["qtrades_lambda"], "eps": config["qtrades_eps"],
-                           "step_size": config["qtrades_step"],
-                           "kind": config["qtrades_loss"]}, config["ce_epochs"]
+        return (
+            "qtrades",
+            {
+                "lam": config["qtrades_lambda"],
+                "eps": config["qtrades_eps"],
+                "step_size": config["qtrades_step"],
+                "kind": config["qtrades_loss"],
+            },
+            config["ce_epochs"],
+        )
     if method == "trades":
-        return "trades", {"beta": config["trades_beta"], "eps": config["eps"],
-                          "step_size": config["trades_step"],
-                          "iters": config["trades_steps"]}, config["ce_epochs"]
+        return (
+            "trades",
+            {
+                "beta": config["trades_beta"],
+                "eps": config["eps"],
+                "step_size": config["trades_step"],
+                "iters": config["trades_steps"],
+            },
+            config["ce_epochs"],
+        )
     if method == "free_at":
         replays = config["free_replays"]
         epochs = max(1, round(config["ce_epochs"] / replays))  # as many updates as nominal
@@ -83,37 +102,64 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     stages = {}
     if method in protocol.WARM_STARTED:
         warm_config = {**config, "method": "nominal"}
-        warm = run(warm_config, data, results_dir=results_dir, models_dir=models_dir,
-                   progress=progress)  # cached after the first ClusTR variant
-        state = torch.load(model_path(warm_config, models_dir), map_location=device,
-                           weights_only=True)
-        model.load_state_dict({k[len("embedder."):]: v for k, v in state["model"].items()
-                               if k.startswith("embedder.")})
+        warm = run(
+            warm_config, data, results_dir=results_dir, models_dir=models_dir, progress=progress
+        )  # cached after the first ClusTR variant
+        state = torch.load(
+            model_path(warm_config, models_dir), map_location=device, weights_only=True
+        )
+        model.load_state_dict(
+            {
+                k[len("embedder.") :]: v
+                for k, v in state["model"].items()
+                if k.startswith("embedder.")
+            }
+        )
         stages["warm_start"] = warm.training["seconds"]
     if method in protocol.CLUSTER_METHODS:
         qtrades = method == "clustr_qtrades"
         epochs = config["magnet_epochs"] + (config["ce_epochs"] if method == "magnet" else 0)
         index, history = train_magnet(
-            model, data, epochs=epochs, lr=config["magnet_lr"],
+            model,
+            data,
+            epochs=epochs,
+            lr=config["magnet_lr"],
             alpha=protocol.magnet_alpha(config, method),
             clusters_per_class=config["clusters_per_class"],
             clusters_per_batch=protocol.clusters_per_batch(config, data.num_classes),
-            samples_per_cluster=config["samples_per_cluster"], seed=config["seed"],
+            samples_per_cluster=config["samples_per_cluster"],
+            seed=config["seed"],
             qtrades_lambda=config["qtrades_lambda"] if qtrades else 0.0,
-            qtrades_eps=config["qtrades_eps"], qtrades_step=config["qtrades_step"],
-            qtrades_loss=config["qtrades_loss"], checkpoint=ckpt, progress=progress)
+            qtrades_eps=config["qtrades_eps"],
+            qtrades_step=config["qtrades_step"],
+            qtrades_loss=config["qtrades_loss"],
+            checkpoint=ckpt,
+            progress=progress,
+        )
         stages["magnet"] = history.seconds
-        classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
-                                       num_nearest=min(config["num_nearest"], index.num_clusters),
-                                       num_classes=index.num_classes_)
+        classifier = ClusterClassifier(
+            index.centroids_,
+            index.centroid_classes_,
+            index.variance_,
+            num_nearest=min(config["num_nearest"], index.num_clusters),
+            num_classes=index.num_classes_,
+        )
         final = ClusterModel(model, classifier)
     else:
         step, step_args, epochs = cross_entropy_recipe(config)
         history = train_cross_entropy(
-            model, data, epochs=epochs, lr=config["ce_lr"], batch_size=config["batch_size"],
+            model,
+            data,
+            epochs=epochs,
+            lr=config["ce_lr"],
+            batch_size=config["batch_size"],
             milestones=scaled_milestones(config["ce_milestones"], epochs, config["ce_epochs"]),
-            seed=config["seed"], step=step, step_args=step_args, checkpoint=ckpt,
-            progress=progress)
+            seed=config["seed"],
+            step=step,
+            step_args=step_args,
+            checkpoint=ckpt,
+            progress=progress,
+        )
         stages[step] = history.seconds
         final = model
     Path(models_dir).mkdir(parents=True, exist_ok=True)
@@ -123,8 +169,11 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     os.replace(tmp, target)
     ckpt.unlink(missing_ok=True)
     final.eval()
-    return final, {"seconds": sum(stages.values()), "stages": stages,
-                   "final_train_accuracy": history.accuracy[-1] if history.accuracy else None}
+    return final, {
+        "seconds": sum(stages.values()),
+        "stages": stages,
+        "final_train_accuracy": history.accuracy[-1] if history.accuracy else None,
+    }
 
 
 def protocol_objectives(config: dict) -> list[str]:
@@ -140,8 +189,12 @@ def evaluate(model, data, config: dict) -> tuple[dict, dict]:
     Returns ``(metrics, seconds per objective)``."""
     x, y = data.test_images(), data.y_test
     n = len(y) if config["eval_size"] is None else min(int(config["eval_size"]), len(y))
-    metrics = {"clean_accuracy": float((predict(model, x) == y).float().mean()),
-               "test_size": len(y), "eval_size": n, "pgd": {}}
+    metrics = {
+        "clean_accuracy": float((predict(model, x) == y).float().mean()),
+        "test_size": len(y),
+        "eval_size": n,
+        "pgd": {},
+    }
     seconds = {}
     for objective in protocol_objectives(config):
         start = time.perf_counter()
@@ -160,13 +213,17 @@ def run(config: dict, data, *, results_dir, models_dir, force=False, progress=No
         if cached is not None:
             return cached
     start = time.perf_counter()
-    model, training = train_run(config, data, results_dir=results_dir, models_dir=models_dir,
-                                progress=progress)
+    model, training = train_run(
+        config, data, results_dir=results_dir, models_dir=models_dir, progress=progress
+    )
     metrics, attack_seconds = evaluate(model, data, config)
-    record = RunRecord(config=config, training=training, attack_seconds=attack_seconds,
-                       provenance=provenance(device=data.y_train.device,
-                                             wall_seconds=time.perf_counter() - start),
-                       **metrics)
+    record = RunRecord(
+        config=config,
+        training=training,
+        attack_seconds=attack_seconds,
+        provenance=provenance(device=data.y_train.device, wall_seconds=time.perf_counter() - start),
+        **metrics,
+    )
     save_json(record_path(results_dir, config), record.to_json())
     return record
 
@@ -174,21 +231,25 @@ def run(config: dict, data, *, results_dir, models_dir, force=False, progress=No
 def load_model(config: dict, data, models_dir):
     """The trained evaluation model of a recorded run (raises if its weights are missing)."""
     device = data.y_train.device
-    state = torch.load(model_path(config, models_dir), map_location=device,
-                       weights_only=True)["model"]
+    state = torch.load(model_path(config, models_dir), map_location=device, weights_only=True)[
+        "model"
+    ]
     net = build_model(config, data).to(device)
     if config["method"] in protocol.CLUSTER_METHODS:
-        classifier = ClusterClassifier(state["classifier.centroids"],
-                                       state["classifier.centroid_classes"], 1.0,
-                                       num_nearest=min(config["num_nearest"],
-                                                       len(state["classifier.centroids"])))
+        classifier = ClusterClassifier(
+            state["classifier.centroids"],
+            state["classifier.centroid_classes"],
+            1.0,
+            num_nearest=min(config["num_nearest"], len(state["classifier.centroids"])),
+        )
         net = ClusterModel(net, classifier)
     net.load_state_dict(state)
     return net.eval()
 
 
-def run_all(configs: list[dict], data, *, results_dir, models_dir, force=False,
-            progress=None) -> list[RunRecord]:
+def run_all(
+    configs: list[dict], data, *, results_dir, models_dir, force=False, progress=None
+) -> list[RunRecord]:
     """Every config through :func:`run` (recorded results reused), with one progress bar."""
     progress = progress_enabled() if progress is None else progress
     missing = force or any(load_run(c, results_dir) is None for c in configs)
@@ -196,6 +257,14 @@ def run_all(configs: list[dict], data, *, results_dir, models_dir, force=False,
     bar = tqdm(configs, desc="runs", disable=not (progress and missing))
     for config in bar:
         bar.set_postfix(dataset=config["dataset"], method=config["method"], seed=config["seed"])
-        records.append(run(config, data, results_dir=results_dir, models_dir=models_dir,
-                           force=force, progress=progress))
+        records.append(
+            run(
+                config,
+                data,
+                results_dir=results_dir,
+                models_dir=models_dir,
+                force=force,
+                progress=progress,
+            )
+        )
     return records

@@ -40,8 +40,9 @@ def images(name, data_dir=None, device="auto", train_size=None, test_size=None):
     device = resolve_device(device)
     key = (name, str(data_dir), str(device), train_size, test_size)
     if key not in _DATA:
-        _DATA[key] = load_images(name, data_dir=data_dir, device=device,
-                                 train_size=train_size, test_size=test_size)
+        _DATA[key] = load_images(
+            name, data_dir=data_dir, device=device, train_size=train_size, test_size=test_size
+        )
     return _DATA[key]
 
 
@@ -67,11 +68,11 @@ class Source:
     results_dir: Path
     at_scale: bool
     data: object
-    record_only: bool = False   # raise instead of computing an evaluation that is not recorded
+    record_only: bool = False  # raise instead of computing an evaluation that is not recorded
     train_devices: set = field(default_factory=set)  # devices that trained the runs read
-    eval_devices: set = field(default_factory=set)   # devices that made the evaluations read
-    computed: list = field(default_factory=list)     # "label: file" of evaluations computed here
-    loaded: list = field(default_factory=list)       # "label: file" of evaluations read
+    eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
+    computed: list = field(default_factory=list)  # "label: file" of evaluations computed here
+    loaded: list = field(default_factory=list)  # "label: file" of evaluations read
 
     @property
     def key(self) -> str:
@@ -95,10 +96,18 @@ class Source:
         """The records of ``method`` (default: every method here) for every seed, trained
         only where missing."""
         methods = self.methods if method is None else [method]
-        configs = [run_config(self.dataset, m, s, self.settings)
-                   for s in range(int(self.seeds)) for m in methods]
-        records = run_all(configs, self.data, results_dir=self.results_dir,
-                          models_dir=self.models_dir, force=force)
+        configs = [
+            run_config(self.dataset, m, s, self.settings)
+            for s in range(int(self.seeds))
+            for m in methods
+        ]
+        records = run_all(
+            configs,
+            self.data,
+            results_dir=self.results_dir,
+            models_dir=self.models_dir,
+            force=force,
+        )
         self.train_devices.update(r.provenance["device"] for r in records)
         return records
 
@@ -108,7 +117,9 @@ class Source:
 
     def _check(self, method: str) -> None:
         if method not in self.methods:
-            raise ValueError(f"{self.label} has no {method!r} runs; it has {', '.join(self.methods)}")
+            raise ValueError(
+                f"{self.label} has no {method!r} runs; it has {', '.join(self.methods)}"
+            )
 
     def evaluate(self, method: str, name: str, params: dict, force: bool = False) -> list[dict]:
         """Measurement ``name`` (a key of :data:`clustr_lib.evaluations.EVALUATIONS`) with
@@ -128,15 +139,25 @@ class Source:
         if not protocol.at_protocol(self.settings, method, params):
             return self.evaluate(method, "pgd", params)
         own = protocol.attack_objective(method, objective)
-        return [{"seed": r.seed,
-                 "metrics": {"clean": r.pgd[own]["clean"],
-                             "robust": {str(t): r.pgd_accuracy(own, t) for t in params["steps"]}}}
-                for r in self.runs(method)]
+        return [
+            {
+                "seed": r.seed,
+                "metrics": {
+                    "clean": r.pgd[own]["clean"],
+                    "robust": {str(t): r.pgd_accuracy(own, t) for t in params["steps"]},
+                },
+            }
+            for r in self.runs(method)
+        ]
 
     def _evaluate_run(self, record: RunRecord, name: str, params: dict, force: bool) -> dict:
         config = record.config
-        key = {"run": config_hash(config), "run_created": record.created,
-               "evaluation": name, "params": to_plain(params)}
+        key = {
+            "run": config_hash(config),
+            "run_created": record.created,
+            "evaluation": name,
+            "params": to_plain(params),
+        }
         path = record_path(Path(self.results_dir) / "evaluations", config, kind=name, key=key)
         if not force and path.exists():
             try:
@@ -147,42 +168,75 @@ class Source:
                     return {"seed": record.seed, "metrics": recorded["metrics"]}
             except (ValueError, KeyError, TypeError) as err:
                 if self.record_only:
-                    raise LookupError(f"{self.label}: the evaluation record {path} is damaged "
-                                      f"({err!r})") from err
-                warnings.warn(f"ignoring the damaged evaluation record {path} ({err!r}); "
-                              "recomputing", stacklevel=3)
+                    raise LookupError(
+                        f"{self.label}: the evaluation record {path} is damaged ({err!r})"
+                    ) from err
+                warnings.warn(
+                    f"ignoring the damaged evaluation record {path} ({err!r}); recomputing",
+                    stacklevel=3,
+                )
         if self.record_only:
-            raise LookupError(f"{self.label}: evaluation {name} {params} of {config['method']}, "
-                              f"seed {config['seed']} is not recorded ({path.name})")
+            raise LookupError(
+                f"{self.label}: evaluation {name} {params} of {config['method']}, "
+                f"seed {config['seed']} is not recorded ({path.name})"
+            )
         start = time.perf_counter()
         metrics = to_plain(EVALUATIONS[name](self.model(record), self.data, **params))
-        save_json(path, {"key": key, "config": config, "metrics": metrics,
-                         "provenance": provenance(device=self.data.y_train.device,
-                                                  wall_seconds=time.perf_counter() - start)})
+        save_json(
+            path,
+            {
+                "key": key,
+                "config": config,
+                "metrics": metrics,
+                "provenance": provenance(
+                    device=self.data.y_train.device, wall_seconds=time.perf_counter() - start
+                ),
+            },
+        )
         self.computed.append(f"{self.label}: {path.name}")
         self.eval_devices.add(device_name(self.data.y_train.device))
         return {"seed": record.seed, "metrics": metrics}
 
     def describe(self) -> str:
         """One line: what this source is, at which scale, and where its results are recorded."""
-        scale = ("the paper's protocol" if self.at_scale else
-                 "**not a reproduction** (stand-in data or a reduced protocol)")
-        return (f"**{self.label}**: {self.dataset}, {self.seeds} seed(s), {scale}; "
-                f"results in `{Path(self.results_dir).name}/`")
+        scale = (
+            "the paper's protocol"
+            if self.at_scale
+            else "**not a reproduction** (stand-in data or a reduced protocol)"
+        )
+        return (
+            f"**{self.label}**: {self.dataset}, {self.seeds} seed(s), {scale}; "
+            f"results in `{Path(self.results_dir).name}/`"
+        )
 
 
-def paper_source(dataset: str, *, stand_in=None, overrides=None, train_size=None,
-                 test_size=None, results_dir=None, data_dir=None, device="auto", seeds: int = 1,
-                 repo_root=".") -> Source:
+def paper_source(
+    dataset: str,
+    *,
+    stand_in=None,
+    overrides=None,
+    train_size=None,
+    test_size=None,
+    results_dir=None,
+    data_dir=None,
+    device="auto",
+    seeds: int = 1,
+    repo_root=".",
+) -> Source:
     """The runs of chapters 3–5 for ``dataset`` (or for ``stand_in`` in its place). The
     keyword arguments are a profile's ``scale`` (``notebooks/profiles.yml``)."""
     used = stand_in or dataset
     at_scale = stand_in is None and not overrides and train_size is None and test_size is None
     return Source(
-        label=dataset if used == dataset else f"{used} for {dataset}", dataset=used,
-        paper_dataset=dataset, settings=protocol.settings(used, overrides), seeds=int(seeds),
-        results_dir=Path(results_dir or Path(repo_root) / "results" / used), at_scale=at_scale,
-        data=images(used, data_dir, device, train_size, test_size))
+        label=dataset if used == dataset else f"{used} for {dataset}",
+        dataset=used,
+        paper_dataset=dataset,
+        settings=protocol.settings(used, overrides),
+        seeds=int(seeds),
+        results_dir=Path(results_dir or Path(repo_root) / "results" / used),
+        at_scale=at_scale,
+        data=images(used, data_dir, device, train_size, test_size),
+    )
 
 
 def digits32_study(repo_root=".", device="auto") -> Source:
@@ -190,10 +244,15 @@ def digits32_study(repo_root=".", device="auto") -> Source:
     reproduction of a paper number)."""
     study = protocol.DIGITS32_STUDY
     return Source(
-        label="digits32 study", dataset="digits32", paper_dataset=None,
-        settings=protocol.settings("digits32", study["overrides"]), seeds=study["seeds"],
-        results_dir=Path(repo_root) / "results" / "digits32", at_scale=False,
-        data=images("digits32", device=device))
+        label="digits32 study",
+        dataset="digits32",
+        paper_dataset=None,
+        settings=protocol.settings("digits32", study["overrides"]),
+        seeds=study["seeds"],
+        results_dir=Path(repo_root) / "results" / "digits32",
+        at_scale=False,
+        data=images("digits32", device=device),
+    )
 
 
 def chapter_sources(datasets, *, study: bool = True, repo_root=".", **scale) -> list[Source]:

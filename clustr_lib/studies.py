@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .evaluations import tiny_share
-from .protocol import CLUSTER_METHODS, METHODS, attack_objective, magnet_alpha
+from .protocol import METHODS, attack_objective, magnet_alpha
 
-MASKING_MARGIN = 2.0    # accuracy points by which one attack must beat another to count
+MASKING_MARGIN = 2.0  # accuracy points by which one attack must beat another to count
 COLLAPSE_MARGIN = 10.0  # points k-means + Eq. 4 must lose against the head to "collapse"
 
 
@@ -33,8 +33,13 @@ def pgd_rows(source, method: str, objective: str, **changes) -> list[dict]:
     """PGD robust accuracy per seed (recorded value when the run has it, else measured)."""
     rows = []
     for e in source.pgd(method, objective, **changes):
-        row = {"source": source.label, "method": METHODS[method], "seed": e["seed"],
-               "objective": objective, "clean": 100 * e["metrics"]["clean"]}
+        row = {
+            "source": source.label,
+            "method": METHODS[method],
+            "seed": e["seed"],
+            "objective": objective,
+            "clean": 100 * e["metrics"]["clean"],
+        }
         row.update({f"pgd{t}": 100 * v for t, v in e["metrics"]["robust"].items()})
         rows.append(row)
     return rows
@@ -44,66 +49,98 @@ def runs_frame(sources, force: bool = False) -> pd.DataFrame:
     """Tables 1–3 (chapters 3–6): one row per run of every method, with clean accuracy (whole
     test set and attacked points), PGD accuracy per objective and training minutes
     (``force``: retrain even the recorded runs)."""
+
     def one(source):
         rows = []
         for r in source.runs(force=force):
-            row = {"source": source.label, "method": METHODS[r.method], "seed": r.seed,
-                   "clean_accuracy": 100 * r.clean_accuracy,
-                   "clean_attacked": 100 * r.pgd.get("ce", {}).get("clean", np.nan),
-                   "train_minutes": r.training["seconds"] / 60,
-                   "device": r.provenance["device"]}
+            row = {
+                "source": source.label,
+                "method": METHODS[r.method],
+                "seed": r.seed,
+                "clean_accuracy": 100 * r.clean_accuracy,
+                "clean_attacked": 100 * r.pgd.get("ce", {}).get("clean", np.nan),
+                "train_minutes": r.training["seconds"] / 60,
+                "device": r.provenance["device"],
+            }
             for objective in source.settings["pgd_objectives"]:
                 own = attack_objective(r.method, objective)
                 for t in [] if own is None else source.settings["pgd_steps"]:
                     row[f"pgd{t}_{objective}"] = 100 * r.pgd_accuracy(own, t)
             rows.append(row)
         return rows
+
     return _frame(sources, one)
 
 
 def eps_ablation(sources, eps_values, objectives, method: str = "clustr_qtrades") -> pd.DataFrame:
     """Table 4: PGD-20/100 at each ε (in units of 1/255), per source, objective and seed."""
-    return _frame(sources, lambda source: [
-        {**row, "eps_255": float(eps)} for eps in eps_values for objective in objectives
-        for row in pgd_rows(source, method, objective, eps=float(eps) / 255)])
+    return _frame(
+        sources,
+        lambda source: [
+            {**row, "eps_255": float(eps)}
+            for eps in eps_values
+            for objective in objectives
+            for row in pgd_rows(source, method, objective, eps=float(eps) / 255)
+        ],
+    )
 
 
 def d_ablation(sources, d_values, objectives, method: str = "clustr_qtrades", steps: int = 20):
     """Fig. 4: clean accuracy (whole test set) for every D, and PGD-``steps`` accuracy at
     each D of ``d_values`` (clipped to the number of clusters), per source, objective and
     seed. Returns ``(clean, robust)`` frames."""
+
     def total(source):
         return source.settings["clusters_per_class"] * source.data.num_classes
 
     def clean(source):
         every_d = {"d_values": list(range(1, total(source) + 1))}
-        return [{"source": source.label, "seed": e["seed"], "D": int(d), "clean": 100 * acc}
-                for e in source.evaluate(method, "clean_by_d", every_d)
-                for d, acc in e["metrics"]["accuracy"].items()]
+        return [
+            {"source": source.label, "seed": e["seed"], "D": int(d), "clean": 100 * acc}
+            for e in source.evaluate(method, "clean_by_d", every_d)
+            for d, acc in e["metrics"]["accuracy"].items()
+        ]
 
     def robust(source):
-        return [{**row, "D": d} for d in sorted({min(int(d), total(source)) for d in d_values})
-                for objective in objectives
-                for row in pgd_rows(source, method, objective, num_nearest=d, steps=[steps])]
+        return [
+            {**row, "D": d}
+            for d in sorted({min(int(d), total(source)) for d in d_values})
+            for objective in objectives
+            for row in pgd_rows(source, method, objective, num_nearest=d, steps=[steps])
+        ]
+
     return _frame(sources, clean), _frame(sources, robust)
 
 
 def adaptive_attack(sources, methods=("clustr_qtrades", "clustr")) -> pd.DataFrame:
     """Sec. 4.2: PGD on the paper's objective vs PGD maximising the Magnet loss (and
     −log p_y for reference), per source, method and seed."""
-    return _frame(sources, lambda source: [
-        row for method in methods if method in source.methods
-        for objective in ("paper", "magnet", "ce") for row in pgd_rows(source, method, objective)])
+    return _frame(
+        sources,
+        lambda source: [
+            row
+            for method in methods
+            if method in source.methods
+            for objective in ("paper", "magnet", "ce")
+            for row in pgd_rows(source, method, objective)
+        ],
+    )
 
 
-ATTACK_LABELS = {"paper": "PGD, paper's objective", "ce": "PGD, −log p_y",
-                 "margin": "PGD, margin", "magnet": "PGD, Magnet loss (adaptive)",
-                 "autoattack": "AutoAttack (standard)", "square": "Square alone (black-box)"}
+ATTACK_LABELS = {
+    "paper": "PGD, paper's objective",
+    "ce": "PGD, −log p_y",
+    "margin": "PGD, margin",
+    "magnet": "PGD, Magnet loss (adaptive)",
+    "autoattack": "AutoAttack (standard)",
+    "square": "Square alone (black-box)",
+}
 
 
 def attack_comparison(sources, methods, autoattack_methods) -> pd.DataFrame:
     """The audit: robust accuracy of the same models under every attack, per source and seed
     (PGD-100 for the PGD rows; AutoAttack's four attacks in sequence; Square alone)."""
+
     def one(source):
         last = str(max(source.settings["pgd_steps"]))
         rows = []
@@ -111,11 +148,14 @@ def attack_comparison(sources, methods, autoattack_methods) -> pd.DataFrame:
             for objective in ("paper", "ce", "margin", "magnet"):
                 if attack_objective(method, objective) != objective:
                     continue  # for a CE network the paper's objective is −log p_y
-                rows += [{**r, "attack": ATTACK_LABELS[objective], "robust": r[f"pgd{last}"]}
-                         for r in pgd_rows(source, method, objective)]
+                rows += [
+                    {**r, "attack": ATTACK_LABELS[objective], "robust": r[f"pgd{last}"]}
+                    for r in pgd_rows(source, method, objective)
+                ]
             if method in autoattack_methods:
                 rows += autoattack_rows(source, method)
         return rows
+
     return _frame(sources, one)
 
 
@@ -124,20 +164,31 @@ def autoattack_rows(source, method: str) -> list[dict]:
     ε on the attacked points, per seed."""
     eps, size = source.settings["eps"], source.settings["eval_size"]
     rows = []
-    for label, attacks in (("autoattack", ["apgd-ce", "apgd-t", "fab-t", "square"]),
-                           ("square", ["square"])):
-        for e in source.evaluate(method, "autoattack",
-                                 {"eps": eps, "attacks": attacks, "eval_size": size}):
+    for label, attacks in (
+        ("autoattack", ["apgd-ce", "apgd-t", "fab-t", "square"]),
+        ("square", ["square"]),
+    ):
+        for e in source.evaluate(
+            method, "autoattack", {"eps": eps, "attacks": attacks, "eval_size": size}
+        ):
             after = e["metrics"]["robust_after"]
-            rows.append({"source": source.label, "method": METHODS[method], "seed": e["seed"],
-                         "attack": ATTACK_LABELS[label], "clean": 100 * after["clean"],
-                         "robust": 100 * after[attacks[-1]],
-                         **{f"after_{a}": 100 * after[a] for a in attacks}})
+            rows.append(
+                {
+                    "source": source.label,
+                    "method": METHODS[method],
+                    "seed": e["seed"],
+                    "attack": ATTACK_LABELS[label],
+                    "clean": 100 * after["clean"],
+                    "robust": 100 * after[attacks[-1]],
+                    **{f"after_{a}": 100 * after[a] for a in attacks},
+                }
+            )
     return rows
 
 
-def attack_mean(comparison: pd.DataFrame, attack: str, method: str = "ClusTR + QTRADES",
-                column: str = "robust") -> float:
+def attack_mean(
+    comparison: pd.DataFrame, attack: str, method: str = "ClusTR + QTRADES", column: str = "robust"
+) -> float:
     """Mean over seeds of ``column`` for one attack (a key of :data:`ATTACK_LABELS`) and method
     of an :func:`attack_comparison` frame (NaN when absent)."""
     return mean_of(comparison, column, method=method, attack=ATTACK_LABELS[attack])
@@ -145,91 +196,146 @@ def attack_mean(comparison: pd.DataFrame, attack: str, method: str = "ClusTR + Q
 
 def gradient_norms(sources, method: str, objectives) -> pd.DataFrame:
     """Per point and objective, ``‖∇_x loss‖₂`` at the clean input (long format)."""
+
     def one(source):
-        params = {"objectives": list(objectives), "eval_size": source.settings["eval_size"],
-                  "alpha": magnet_alpha(source.settings, method)}
-        return [{"source": source.label, "method": METHODS[method], "seed": e["seed"],
-                 "objective": objective, "norm": n, "clean_correct": c}
-                for e in source.evaluate(method, "gradient_norms", params)
-                for objective, norms in e["metrics"]["norms"].items()
-                for n, c in zip(norms, e["metrics"]["clean_correct"])]
+        params = {
+            "objectives": list(objectives),
+            "eval_size": source.settings["eval_size"],
+            "alpha": magnet_alpha(source.settings, method),
+        }
+        return [
+            {
+                "source": source.label,
+                "method": METHODS[method],
+                "seed": e["seed"],
+                "objective": objective,
+                "norm": n,
+                "clean_correct": c,
+            }
+            for e in source.evaluate(method, "gradient_norms", params)
+            for objective, norms in e["metrics"]["norms"].items()
+            for n, c in zip(norms, e["metrics"]["clean_correct"])
+        ]
+
     return _frame(sources, one)
 
 
 def gradient_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Shares (%) of points whose gradient norm is exactly zero or below float32's resolution,
     and the median norm, per source, method and objective."""
+
     def summarise(group):
         shares = tiny_share(group["norm"])
-        return pd.Series({"points": len(group), "zero (%)": round(100 * shares["zero"], 2),
-                          "< 1.2e-7 (%)": round(100 * shares["tiny"], 2),
-                          "median norm": f"{group['norm'].median():.2e}"}, dtype=object)
+        return pd.Series(
+            {
+                "points": len(group),
+                "zero (%)": round(100 * shares["zero"], 2),
+                "< 1.2e-7 (%)": round(100 * shares["tiny"], 2),
+                "median norm": f"{group['norm'].median():.2e}",
+            },
+            dtype=object,
+        )
+
     return frame.groupby(["source", "method", "objective"], sort=False)[["norm"]].apply(summarise)
 
 
 def attack_paths(sources, method: str, objectives, steps: int | None = None) -> pd.DataFrame:
     """One PGD run per objective with every iterate recorded: mean loss and accuracy (%) per
     iteration, per source and seed (long format)."""
+
     def one(source):
         settings = source.settings
         rows = []
         for objective in objectives:
-            params = {"eps": settings["eps"], "step_size": settings["pgd_step"],
-                      "steps": int(steps or max(settings["pgd_steps"])), "objective": objective,
-                      "eval_size": settings["eval_size"]}
+            params = {
+                "eps": settings["eps"],
+                "step_size": settings["pgd_step"],
+                "steps": int(steps or max(settings["pgd_steps"])),
+                "objective": objective,
+                "eval_size": settings["eval_size"],
+            }
             if objective == "magnet":
                 params["alpha"] = magnet_alpha(settings, method)
             for e in source.evaluate(method, "attack_path", params):
                 m = e["metrics"]
-                rows += [{"source": source.label, "method": METHODS[method], "seed": e["seed"],
-                          "objective": objective, "iteration": t, "mean_loss": loss,
-                          "accuracy": 100 * acc}
-                         for t, (loss, acc) in enumerate(zip(m["mean_loss"], m["accuracy"]))]
+                rows += [
+                    {
+                        "source": source.label,
+                        "method": METHODS[method],
+                        "seed": e["seed"],
+                        "objective": objective,
+                        "iteration": t,
+                        "mean_loss": loss,
+                        "accuracy": 100 * acc,
+                    }
+                    for t, (loss, acc) in enumerate(zip(m["mean_loss"], m["accuracy"]))
+                ]
         return rows
+
     return _frame(sources, one)
 
 
 def certificate(sources, methods=("clustr_qtrades", "clustr")) -> pd.DataFrame:
     """Theorem 1 on the image models, per source, method and seed (see
     :func:`clustr_lib.evaluations.image_certificate`)."""
+
     def one(source):
         params = {"eps_linf": source.settings["eps"], "eval_size": source.settings["eval_size"]}
-        return [{"source": source.label, "method": METHODS[method], "seed": e["seed"],
-                 "L (upper bound)": m["lipschitz_upper_bound"],
-                 "median radius (sound)": m["sound"]["median_radius"],
-                 "median radius (paper)": m["paper"]["median_radius"],
-                 "ℓ2 radius needed": m["l2_radius_needed"],
-                 "median ℓ∞ radius certified": m["median_linf_certified"],
-                 "certified at 8/255 (%)": 100 * m["sound"]["certified_share"],
-                 "certified at 8/255, paper's reduction (%)": 100 * m["paper"]["certified_share"],
-                 "nearest-cluster accuracy (%)": 100 * m["nearest_cluster_accuracy"]}
-                for method in methods if method in source.methods
-                for e in source.evaluate(method, "certificate", params)
-                for m in [e["metrics"]]]
+        return [
+            {
+                "source": source.label,
+                "method": METHODS[method],
+                "seed": e["seed"],
+                "L (upper bound)": m["lipschitz_upper_bound"],
+                "median radius (sound)": m["sound"]["median_radius"],
+                "median radius (paper)": m["paper"]["median_radius"],
+                "ℓ2 radius needed": m["l2_radius_needed"],
+                "median ℓ∞ radius certified": m["median_linf_certified"],
+                "certified at 8/255 (%)": 100 * m["sound"]["certified_share"],
+                "certified at 8/255, paper's reduction (%)": 100 * m["paper"]["certified_share"],
+                "nearest-cluster accuracy (%)": 100 * m["nearest_cluster_accuracy"],
+            }
+            for method in methods
+            if method in source.methods
+            for e in source.evaluate(method, "certificate", params)
+            for m in [e["metrics"]]
+        ]
+
     return _frame(sources, one)
 
 
 def kmeans_on_nominal(sources) -> pd.DataFrame:
     """App. B.1: the nominal network's head vs k-means + Eq. (4) on its features, per source
     and seed."""
+
     def one(source):
         settings = source.settings
-        params = {"clusters_per_class": settings["clusters_per_class"],
-                  "num_nearest": settings["num_nearest"]}
-        return [{"source": source.label, "seed": e["seed"],
-                 "linear head": 100 * m["head_accuracy"],
-                 "k-means + Eq. 4 (D in the tables)": 100 * m["eq4_d"],
-                 "k-means + Eq. 4 (all clusters)": 100 * m["eq4_all"],
-                 "nearest cluster": 100 * m["nearest_cluster"], "σ²": m["variance"]}
-                for e in source.evaluate("nominal", "kmeans_nominal", params)
-                for m in [e["metrics"]]]
+        params = {
+            "clusters_per_class": settings["clusters_per_class"],
+            "num_nearest": settings["num_nearest"],
+        }
+        return [
+            {
+                "source": source.label,
+                "seed": e["seed"],
+                "linear head": 100 * m["head_accuracy"],
+                "k-means + Eq. 4 (D in the tables)": 100 * m["eq4_d"],
+                "k-means + Eq. 4 (all clusters)": 100 * m["eq4_all"],
+                "nearest cluster": 100 * m["nearest_cluster"],
+                "σ²": m["variance"],
+            }
+            for e in source.evaluate("nominal", "kmeans_nominal", params)
+            for m in [e["metrics"]]
+        ]
+
     return _frame(sources, one)
 
 
 def mean_table(frame: pd.DataFrame, index, columns, values) -> pd.DataFrame:
     """Mean over seeds, pivoted (rounded to 2 decimals)."""
-    return frame.pivot_table(index=index, columns=columns, values=values, aggfunc="mean",
-                             sort=False).round(2)
+    return frame.pivot_table(
+        index=index, columns=columns, values=values, aggfunc="mean", sort=False
+    ).round(2)
 
 
 def seeds_of(frame: pd.DataFrame) -> int:
@@ -245,8 +351,11 @@ def mean_of(frame: pd.DataFrame, column: str, **where) -> float:
     return float(frame.loc[mask, column].mean()) if mask.any() else float("nan")
 
 
-def masking_flags(comparison: pd.DataFrame, gradients: pd.DataFrame | None = None,
-                  tolerance: float = MASKING_MARGIN) -> pd.DataFrame:
+def masking_flags(
+    comparison: pd.DataFrame,
+    gradients: pd.DataFrame | None = None,
+    tolerance: float = MASKING_MARGIN,
+) -> pd.DataFrame:
     """Signs that PGD with the paper's objective over-states robustness, per source and method
     (mean over seeds; a sign is raised when an attack beats that PGD by more than
     ``tolerance`` accuracy points):
@@ -262,9 +371,16 @@ def masking_flags(comparison: pd.DataFrame, gradients: pd.DataFrame | None = Non
     for (source, method), group in comparison.groupby(["source", "method"], sort=False):
         mean = group.groupby("attack")["robust"].mean()
         reference = mean.get(labels["paper"], mean.get(labels["ce"]))
-        white = min(mean[labels[o]] for o in ("paper", "ce", "margin", "magnet") if labels[o] in mean)
-        row = {"source": source, "method": method, "PGD, paper's objective": reference,
-               "strongest PGD": white, "a PGD objective beats the paper's": white < reference - tolerance}
+        white = min(
+            mean[labels[o]] for o in ("paper", "ce", "margin", "magnet") if labels[o] in mean
+        )
+        row = {
+            "source": source,
+            "method": method,
+            "PGD, paper's objective": reference,
+            "strongest PGD": white,
+            "a PGD objective beats the paper's": white < reference - tolerance,
+        }
         for key, name in (("autoattack", "AutoAttack"), ("square", "Square alone")):
             if labels[key] in mean:
                 row[name] = mean[labels[key]]
@@ -274,7 +390,9 @@ def masking_flags(comparison: pd.DataFrame, gradients: pd.DataFrame | None = Non
             if "source" in gradients and source:
                 own = own[own["source"] == source]
             if len(own):
-                row["zero gradients, paper's objective (%)"] = 100 * float((own["norm"] == 0).mean())
+                row["zero gradients, paper's objective (%)"] = 100 * float(
+                    (own["norm"] == 0).mean()
+                )
         rows.append(row)
     return pd.DataFrame(rows).set_index(["source", "method"]).round(2)
 
@@ -285,8 +403,9 @@ def masking_flags(comparison: pd.DataFrame, gradients: pd.DataFrame | None = Non
 
 def by_source(sources, fn, *frames) -> dict:
     """``{source.key: fn(*frames restricted to the source)}`` for every source."""
-    return {s.key: fn(*(f[f["source"] == s.label] if len(f) else f for f in frames))
-            for s in sources}
+    return {
+        s.key: fn(*(f[f["source"] == s.label] if len(f) else f for f in frames)) for s in sources
+    }
 
 
 def benchmark_findings(runs: pd.DataFrame) -> dict:
@@ -301,12 +420,15 @@ def eps_findings(frame: pd.DataFrame) -> dict:
     by_eps = {o: g.groupby("eps_255")["pgd100"].mean() for o, g in frame.groupby("objective")}
     paper_curve = by_eps["paper"]
     falls = bool((paper_curve.diff().dropna() <= 0).all())
-    return {"seeds": seeds_of(frame),
-            "pgd100": {o: {f"{e:g}": v for e, v in c.items()} for o, c in by_eps.items()},
-            "eps_min": paper_curve.iloc[0], "eps_max": paper_curve.iloc[-1],
-            "eps_max_ce": by_eps["ce"].iloc[-1] if "ce" in by_eps else float("nan"),
-            "falls": falls,
-            "shape": "falls with every step of ε" if falls else "does not fall monotonically with ε"}
+    return {
+        "seeds": seeds_of(frame),
+        "pgd100": {o: {f"{e:g}": v for e, v in c.items()} for o, c in by_eps.items()},
+        "eps_min": paper_curve.iloc[0],
+        "eps_max": paper_curve.iloc[-1],
+        "eps_max_ce": by_eps["ce"].iloc[-1] if "ce" in by_eps else float("nan"),
+        "falls": falls,
+        "shape": "falls with every step of ε" if falls else "does not fall monotonically with ε",
+    }
 
 
 def d_findings(clean: pd.DataFrame, robust: pd.DataFrame) -> dict:
@@ -317,35 +439,54 @@ def d_findings(clean: pd.DataFrame, robust: pd.DataFrame) -> dict:
     paper_curve, ce = by_d["paper"], by_d.get("ce")
     masked = ce is not None and ce.iloc[0] > ce.iloc[-1] + MASKING_MARGIN
     clean_by_d = clean.groupby("D")["clean"].mean()
-    return {"seeds": seeds_of(robust), "best": paper_curve.max(), "best_d": int(paper_curve.idxmax()),
-            "d1": paper_curve.iloc[0],
-            "d1_ce": ce.iloc[0] if ce is not None else float("nan"),
-            "dmax_ce": ce.iloc[-1] if ce is not None else float("nan"),
-            "robust_range": paper_curve.max() - paper_curve.min(),
-            "clean_range": clean_by_d.max() - clean_by_d.min(), "masked_at_d1": bool(masked),
-            "shape": ("PGD on −log p_y is masked at D = 1: the other classes' log-probabilities "
-                      "are −∞ there" if masked else "PGD on −log p_y is not weakened at D = 1")}
+    return {
+        "seeds": seeds_of(robust),
+        "best": paper_curve.max(),
+        "best_d": int(paper_curve.idxmax()),
+        "d1": paper_curve.iloc[0],
+        "d1_ce": ce.iloc[0] if ce is not None else float("nan"),
+        "dmax_ce": ce.iloc[-1] if ce is not None else float("nan"),
+        "robust_range": paper_curve.max() - paper_curve.min(),
+        "clean_range": clean_by_d.max() - clean_by_d.min(),
+        "masked_at_d1": bool(masked),
+        "shape": (
+            "PGD on −log p_y is masked at D = 1: the other classes' log-probabilities are −∞ there"
+            if masked
+            else "PGD on −log p_y is not weakened at D = 1"
+        ),
+    }
 
 
 def adaptive_findings(frame: pd.DataFrame, method: str = "ClusTR + QTRADES") -> dict:
     """Chapter 9: mean PGD-100 of ``method`` per objective, and how the Magnet-loss attack
     compares with PGD on −log p_y (within :data:`MASKING_MARGIN` points: they agree)."""
-    mean = {o: mean_of(frame, "pgd100", method=method, objective=o) for o in ("paper", "magnet", "ce")}
+    mean = {
+        o: mean_of(frame, "pgd100", method=method, objective=o) for o in ("paper", "magnet", "ce")
+    }
     gap = mean["magnet"] - mean["ce"]
-    shape = ("the Magnet-loss attack is weaker than PGD on −log p_y" if gap > MASKING_MARGIN else
-             "the Magnet-loss attack is stronger than PGD on −log p_y" if gap < -MASKING_MARGIN else
-             f"the Magnet-loss attack and PGD on −log p_y agree within {MASKING_MARGIN:g} points")
+    shape = (
+        "the Magnet-loss attack is weaker than PGD on −log p_y"
+        if gap > MASKING_MARGIN
+        else "the Magnet-loss attack is stronger than PGD on −log p_y"
+        if gap < -MASKING_MARGIN
+        else f"the Magnet-loss attack and PGD on −log p_y agree within {MASKING_MARGIN:g} points"
+    )
     return {"seeds": seeds_of(frame), **mean, "shape": shape}
 
 
 AUDIT_ATTACKS = ("paper", "ce", "margin", "magnet", "autoattack", "square")
 
 
-def audit_findings(comparison: pd.DataFrame, gradients: pd.DataFrame,
-                   certificates: pd.DataFrame, method: str = "ClusTR + QTRADES") -> dict:
+def audit_findings(
+    comparison: pd.DataFrame,
+    gradients: pd.DataFrame,
+    certificates: pd.DataFrame,
+    method: str = "ClusTR + QTRADES",
+) -> dict:
     """Chapter 10: ``method`` under every attack (mean over seeds), TRADES under AutoAttack, the
     shares of zero / sub-resolution input gradients, Theorem 1's certificate, and whether the
     paper's PGD over-states robustness (beaten by more than :data:`MASKING_MARGIN` points)."""
+
     def pick(attack, who=method):
         return attack_mean(comparison, attack, who)
 
@@ -358,20 +499,32 @@ def audit_findings(comparison: pd.DataFrame, gradients: pd.DataFrame,
     ce_norms = gradients.loc[gradients["objective"] == "ce", "norm"]
     gap = pick("paper") - strongest
     return {
-        "seeds": seeds_of(comparison), **{a: pick(a) for a in AUDIT_ATTACKS},
+        "seeds": seeds_of(comparison),
+        **{a: pick(a) for a in AUDIT_ATTACKS},
         "trades_autoattack": pick("autoattack", "TRADES"),
         "clean": attack_mean(comparison, "paper", method, "clean"),
-        "zero_paper": zero("paper"), "zero_ce": zero("ce"), "zero_magnet": zero("magnet"),
+        "zero_paper": zero("paper"),
+        "zero_ce": zero("ce"),
+        "zero_magnet": zero("magnet"),
         "tiny_ce": 100 * tiny_share(ce_norms)["tiny"] if len(ce_norms) else float("nan"),
         "lipschitz": float(certificates["L (upper bound)"].median()),
         "radius": float(certificates["median radius (sound)"].median()),
-        "needed": float(certificates["ℓ2 radius needed"].iloc[0]), "certified": certified,
-        "weakest": comparison.groupby("attack")["robust"].mean().idxmax(), "gap": gap,
+        "needed": float(certificates["ℓ2 radius needed"].iloc[0]),
+        "certified": certified,
+        "weakest": comparison.groupby("attack")["robust"].mean().idxmax(),
+        "gap": gap,
         "overstates": bool(gap > MASKING_MARGIN),
-        "cert_shape": ("no attacked point is certified at 8/255" if certified == 0
-                       else f"{certified:.1f}% of the attacked points are certified at 8/255"),
-        "shape": ("the paper's PGD over-states robustness" if gap > MASKING_MARGIN else
-                  f"the paper's PGD agrees with the strongest attack within {MASKING_MARGIN:g} points"),
+        "cert_shape": (
+            "no attacked point is certified at 8/255"
+            if certified == 0
+            else f"{certified:.1f}% of the attacked points are certified at 8/255"
+        ),
+        "shape": (
+            "the paper's PGD over-states robustness"
+            if gap > MASKING_MARGIN
+            else "the paper's PGD agrees with the strongest attack "
+            f"within {MASKING_MARGIN:g} points"
+        ),
     }
 
 
@@ -381,7 +534,15 @@ def kmeans_findings(frame: pd.DataFrame) -> dict:
     head = frame["linear head"].mean()
     kmeans = frame["k-means + Eq. 4 (D in the tables)"].mean()
     collapses = bool(kmeans < head - COLLAPSE_MARGIN)
-    return {"seeds": seeds_of(frame), "head": head, "kmeans": kmeans, "collapses": collapses,
-            "shape": ("clustering the features collapses accuracy" if collapses else
-                      f"clustering the features keeps the head's accuracy within "
-                      f"{COLLAPSE_MARGIN:g} points")}
+    return {
+        "seeds": seeds_of(frame),
+        "head": head,
+        "kmeans": kmeans,
+        "collapses": collapses,
+        "shape": (
+            "clustering the features collapses accuracy"
+            if collapses
+            else f"clustering the features keeps the head's accuracy within "
+            f"{COLLAPSE_MARGIN:g} points"
+        ),
+    }

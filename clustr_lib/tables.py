@@ -34,8 +34,9 @@ def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
         for name, column in COLUMNS.items():
             row[(name, "paper")] = reported[name]
             row[(name, "ours")] = _mean_sd(ours[column]) if len(ours) else "not run"
-            row[(name, "Δ")] = (round(ours[column].mean() - reported[name], 2) if len(ours)
-                                else np.nan)
+            row[(name, "Δ")] = (
+                round(ours[column].mean() - reported[name], 2) if len(ours) else np.nan
+            )
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
@@ -59,9 +60,14 @@ def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
     rows = []
     for method, minutes in paper_minutes.items():
         ours = frame.loc[frame["method"] == method, "train_minutes"].mean()
-        rows.append({"method": method, "paper (min, GTX 1080Ti)": minutes,
-                     "ours (min)": round(ours, 2),
-                     "ours / nominal": round(ours / nominal, 2)})  # comparable across devices
+        rows.append(
+            {
+                "method": method,
+                "paper (min, GTX 1080Ti)": minutes,
+                "ours (min)": round(ours, 2),
+                "ours / nominal": round(ours / nominal, 2),
+            }
+        )  # comparable across devices
     return pd.DataFrame(rows).set_index("method")
 
 
@@ -72,8 +78,9 @@ def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
 def eps_table(frame: pd.DataFrame, paper_points: dict | None = None, label=None) -> pd.DataFrame:
     """Table 4 layout: per ε (× 1/255), the paper's PGD-20/100 and ours per objective (mean
     over seeds); ``label(steps, objective)`` names our columns (default ``ours PGD100, paper``)."""
-    ours = frame.pivot_table(index="eps_255", columns="objective", values=["pgd20", "pgd100"],
-                             aggfunc="mean", sort=False).round(2)
+    ours = frame.pivot_table(
+        index="eps_255", columns="objective", values=["pgd20", "pgd100"], aggfunc="mean", sort=False
+    ).round(2)
     label = label or (lambda steps, objective: f"ours {steps.upper()}, {objective}")
     ours.columns = [label(steps, objective) for steps, objective in ours.columns]
     if paper_points:
@@ -90,8 +97,11 @@ def mean_sd_table(frame: pd.DataFrame, index, columns: str, value: str) -> pd.Da
     keys = [index] if isinstance(index, str) else list(index)
     rows = list(dict.fromkeys(frame[keys].itertuples(index=False, name=None)))
     cols = list(dict.fromkeys(frame[columns]))
-    labels = (pd.MultiIndex.from_tuples(rows, names=keys) if len(keys) > 1 else
-              pd.Index([r[0] for r in rows]))
+    labels = (
+        pd.MultiIndex.from_tuples(rows, names=keys)
+        if len(keys) > 1
+        else pd.Index([r[0] for r in rows])
+    )
     table = pd.DataFrame(index=labels, columns=cols, dtype=object)
     for key, group in frame.groupby([*keys, columns], sort=False):
         table.loc[key[:-1] if len(keys) > 1 else key[0], key[-1]] = _mean_sd(group[value])
@@ -104,17 +114,28 @@ def external_records(comparison: pd.DataFrame, profile: str) -> pd.DataFrame:
     with ``profile``): clean accuracy of the attacked points, PGD on the paper's objective and
     AutoAttack, means over seeds."""
     measured = (("paper", "clean"), ("paper", "robust"), ("autoattack", "robust"))
-    ours = {f"ours: {label}, profile {profile}":
-            tuple(attack_mean(rows, attack, column=column) for attack, column in measured)
-            for label, rows in comparison.groupby("source", sort=False)}
+    ours = {
+        f"ours: {label}, profile {profile}": tuple(
+            attack_mean(rows, attack, column=column) for attack, column in measured
+        )
+        for label, rows in comparison.groupby("source", sort=False)
+    }
     low, high = FOLLOWUP_AUTOATTACK_RANGE
-    rows = {"paper (Table 1, PGD-100)": ("91.03", "74.04", "—"),
-            "RobustBench entry": (f"{ROBUSTBENCH_CLUSTR['clean']:.2f}",
-                                  f"{ROBUSTBENCH_CLUSTR['reported']:.2f}",
-                                  f"{ROBUSTBENCH_CLUSTR['autoattack']:.2f}"),
-            "follow-up report (QTRADES variants)": ("—", "—", f"{low}–{high}")}
-    rows.update({label: tuple(v if isinstance(v, str) else f"{v:.2f}" for v in values)
-                 for label, values in ours.items()})
+    rows = {
+        "paper (Table 1, PGD-100)": ("91.03", "74.04", "—"),
+        "RobustBench entry": (
+            f"{ROBUSTBENCH_CLUSTR['clean']:.2f}",
+            f"{ROBUSTBENCH_CLUSTR['reported']:.2f}",
+            f"{ROBUSTBENCH_CLUSTR['autoattack']:.2f}",
+        ),
+        "follow-up report (QTRADES variants)": ("—", "—", f"{low}–{high}"),
+    }
+    rows.update(
+        {
+            label: tuple(v if isinstance(v, str) else f"{v:.2f}" for v in values)
+            for label, values in ours.items()
+        }
+    )
     columns = ["clean (%)", "PGD, paper's objective (%)", "AutoAttack (%)"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
 
@@ -128,17 +149,22 @@ def eps_ablation(frame: pd.DataFrame, sources) -> pd.DataFrame:
     """Chapter 7, Table 4 per source: :func:`eps_table` of each source's rows of
     :func:`clustr_lib.studies.eps_ablation`, indexed by (source, ε); the paper's PGD-20 /
     PGD-100 (Table 4, and Table 1/3 at 8/255) for the sources that have a paper dataset."""
-    parts = {s.label: eps_table(frame[frame["source"] == s.label],
-                                paper.table4(s.paper_dataset) if s.paper_dataset else None,
-                                label=_pgd_label)
-             for s in sources}
+    parts = {
+        s.label: eps_table(
+            frame[frame["source"] == s.label],
+            paper.table4(s.paper_dataset) if s.paper_dataset else None,
+            label=_pgd_label,
+        )
+        for s in sources
+    }
     table = pd.concat(parts, names=["source"])
     paper_columns = [c for c in table if c.startswith("paper")]
     return table[paper_columns + [c for c in table if c not in paper_columns]]
 
 
-def d_ablation(clean: pd.DataFrame, robust: pd.DataFrame, sources,
-               column: str = "pgd20") -> pd.DataFrame:
+def d_ablation(
+    clean: pd.DataFrame, robust: pd.DataFrame, sources, column: str = "pgd20"
+) -> pd.DataFrame:
     """Chapter 8, Fig. 4 as a table, indexed by (source, D): clean accuracy (whole test set)
     and ``column`` accuracy per objective (attacked points), mean over seeds, from
     :func:`clustr_lib.studies.d_ablation`; the paper's best PGD-20 (App. E.4) on its row (its D)
@@ -147,12 +173,20 @@ def d_ablation(clean: pd.DataFrame, robust: pd.DataFrame, sources,
     table.columns = [_pgd_label(column, o) for o in table.columns]
     clean_means = clean.groupby(["source", "D"])["clean"].mean().round(2)
     table.insert(0, "ours: clean", clean_means.reindex(table.index).to_numpy())
-    best = {s.label: paper.D_ABLATION[s.paper_dataset] for s in sources
-            if s.paper_dataset in paper.D_ABLATION}
+    best = {
+        s.label: paper.D_ABLATION[s.paper_dataset]
+        for s in sources
+        if s.paper_dataset in paper.D_ABLATION
+    }
     if best and column == "pgd20":
-        table.insert(0, "paper: best PGD-20 (its D)", [
-            best[src]["best_pgd20"] if src in best and d == best[src]["best_D"] else np.nan
-            for src, d in table.index])
+        table.insert(
+            0,
+            "paper: best PGD-20 (its D)",
+            [
+                best[src]["best_pgd20"] if src in best and d == best[src]["best_D"] else np.nan
+                for src, d in table.index
+            ],
+        )
     return table
 
 
@@ -163,14 +197,28 @@ def adaptive_attack(frame: pd.DataFrame, sources, column: str = "pgd100") -> pd.
     attacks so (``—`` elsewhere)."""
     table = mean_sd_table(frame, ["source", "method"], "objective", column)
     table.columns = [_pgd_label(column, o) for o in table.columns]
-    reported = {s.label: paper.ADAPTIVE[s.paper_dataset] for s in sources
-                if s.paper_dataset in paper.ADAPTIVE}
+    reported = {
+        s.label: paper.ADAPTIVE[s.paper_dataset]
+        for s in sources
+        if s.paper_dataset in paper.ADAPTIVE
+    }
     if reported:
-        for i, (name, key) in enumerate((("paper: PGD-100, paper's objective", "pgd100"),
-                                         ("paper: PGD-100, Magnet loss (adaptive)", "adaptive"))):
-            table.insert(i, name, [f"{reported[src][key]:.2f}"
-                                   if src in reported and method == "ClusTR + QTRADES" else "—"
-                                   for src, method in table.index])
+        for i, (name, key) in enumerate(
+            (
+                ("paper: PGD-100, paper's objective", "pgd100"),
+                ("paper: PGD-100, Magnet loss (adaptive)", "adaptive"),
+            )
+        ):
+            table.insert(
+                i,
+                name,
+                [
+                    f"{reported[src][key]:.2f}"
+                    if src in reported and method == "ClusTR + QTRADES"
+                    else "—"
+                    for src, method in table.index
+                ],
+            )
     return table
 
 
@@ -181,8 +229,9 @@ def autoattack_steps(comparison: pd.DataFrame) -> pd.DataFrame:
     rows = comparison[comparison["attack"] == ATTACK_LABELS["autoattack"]]
     steps = [c for c in rows if c.startswith("after_") and rows[c].notna().any()]
     table = rows.groupby(["source", "method"], sort=False)[["clean", *steps]].mean().round(2)
-    table.columns = ["clean (attacked points)"] + [f"after {c.removeprefix('after_').upper()}"
-                                                   for c in steps]
+    table.columns = ["clean (attacked points)"] + [
+        f"after {c.removeprefix('after_').upper()}" for c in steps
+    ]
     return table
 
 
@@ -196,10 +245,16 @@ def kmeans_on_nominal(frame: pd.DataFrame, sources) -> pd.DataFrame:
         parts.append(own)
         if s.paper_dataset == "cifar10":
             reported = paper.KMEANS_ON_NOMINAL
-            row = pd.MultiIndex.from_tuples([(s.label, "paper (reported)")],
-                                            names=["source", "seed"])
-            parts.append(pd.DataFrame(
-                {"linear head": [reported["nominal_accuracy"]],
-                 "k-means + Eq. 4 (D in the tables)": [reported["kmeans_eq4_accuracy"]]},
-                index=row))
+            row = pd.MultiIndex.from_tuples(
+                [(s.label, "paper (reported)")], names=["source", "seed"]
+            )
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "linear head": [reported["nominal_accuracy"]],
+                        "k-means + Eq. 4 (D in the tables)": [reported["kmeans_eq4_accuracy"]],
+                    },
+                    index=row,
+                )
+            )
     return pd.concat(parts)[[c for c in frame.columns if c not in ("source", "seed")]]

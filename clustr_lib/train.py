@@ -51,7 +51,7 @@ def embed_all(embedder: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> t
     """Embeddings of a whole set without autograd, in eval mode (mode restored after)."""
     was_training = embedder.training
     embedder.eval()
-    out = torch.cat([embedder(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = torch.cat([embedder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     embedder.train(was_training)
     return out
 
@@ -96,8 +96,19 @@ class _Generators:
         self.device.set_state(state["device"])
 
 
-def _run_epochs(desc, epochs, model, optimizer, scheduler, generators, one_epoch, checkpoint,
-                progress, extra_state=None, restore_extra=None) -> History:
+def _run_epochs(
+    desc,
+    epochs,
+    model,
+    optimizer,
+    scheduler,
+    generators,
+    one_epoch,
+    checkpoint,
+    progress,
+    extra_state=None,
+    restore_extra=None,
+) -> History:
     """Run ``one_epoch()`` (returns ``(loss, accuracy)``) ``epochs`` times, resuming from and
     writing to ``checkpoint`` after every epoch."""
     history = History()
@@ -115,8 +126,14 @@ def _run_epochs(desc, epochs, model, optimizer, scheduler, generators, one_epoch
         if restore_extra is not None:
             restore_extra(saved["extra"])
     progress = progress_enabled() if progress is None else progress
-    bar = tqdm(range(start_epoch, int(epochs)), desc=desc, disable=not progress, leave=False,
-               initial=start_epoch, total=int(epochs))
+    bar = tqdm(
+        range(start_epoch, int(epochs)),
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        initial=start_epoch,
+        total=int(epochs),
+    )
     start = time.perf_counter()
     model.train()
     for epoch in bar:
@@ -127,12 +144,18 @@ def _run_epochs(desc, epochs, model, optimizer, scheduler, generators, one_epoch
         history.accuracy.append(accuracy)
         history.seconds = carried + time.perf_counter() - start
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
-        checkpoint.save({
-            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "generators": generators.state(), "torch_rng": torch.get_rng_state(),
-            "history": json.dumps(history.as_dict()),
-            "extra": extra_state() if extra_state is not None else {}})
+        checkpoint.save(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "generators": generators.state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": json.dumps(history.as_dict()),
+                "extra": extra_state() if extra_state is not None else {},
+            }
+        )
     return history
 
 
@@ -171,17 +194,26 @@ def qtrades_term(log_q_adv: torch.Tensor, log_p: torch.Tensor, kind: str = "ce")
     return term.mean()
 
 
-def _qtrades_step(model, optimizer, x, y, generator, *, lam, eps, step_size, kind="ce",
-                  form="logprob", **_):
+def _qtrades_step(
+    model, optimizer, x, y, generator, *, lam, eps, step_size, kind="ce", form="logprob", **_
+):
     """QTRADES on the cross-entropy head: ``CE(f(x), y) + λ·CE(p(x_adv), p(x))`` (Eq. 5).
 
     ``form`` is the adversary's (:func:`~clustr_lib.attacks.qtrades_adversary`): on a logits
     head the official term is this one, so ``"official"`` changes only the clipped start."""
     logits = model(x)
-    x_adv = qtrades_adversary(model, x, eps=eps, step_size=step_size, generator=generator,
-                              target=logits.softmax(1), form=form)
+    x_adv = qtrades_adversary(
+        model,
+        x,
+        eps=eps,
+        step_size=step_size,
+        generator=generator,
+        target=logits.softmax(1),
+        form=form,
+    )
     loss = F.cross_entropy(logits, y) + lam * qtrades_term(
-        model(x_adv).log_softmax(1), logits.log_softmax(1), kind)
+        model(x_adv).log_softmax(1), logits.log_softmax(1), kind
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -206,7 +238,8 @@ def _trades_step(model, optimizer, x, y, generator, *, beta, eps, step_size, ite
     model.train()
     logits = model(x)
     loss = F.cross_entropy(logits, y) + beta * F.kl_div(
-        model(x_adv).log_softmax(1), logits.softmax(1), reduction="batchmean")
+        model(x_adv).log_softmax(1), logits.softmax(1), reduction="batchmean"
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -231,10 +264,21 @@ def _free_at_step(model, optimizer, x, y, generator, *, replays, eps, state, **_
     return loss.item(), logits
 
 
-def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int,
-                        milestones=(), seed: int = 0, step: str = "nominal", step_args=None,
-                        checkpoint=None, progress: bool | None = None,
-                        flip: bool | None = None) -> History:
+def train_cross_entropy(
+    model: nn.Module,
+    data,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    milestones=(),
+    seed: int = 0,
+    step: str = "nominal",
+    step_args=None,
+    checkpoint=None,
+    progress: bool | None = None,
+    flip: bool | None = None,
+) -> History:
     """Cross-entropy training with Adam, lr ×0.1 at each of ``milestones`` (App. D).
 
     ``step`` selects the per-batch update: ``nominal`` (the ClusTR warm start),
@@ -247,8 +291,12 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
     check_positive(lr, "lr")
     if int(epochs) < 0 or int(batch_size) < 1:
         raise ValueError("epochs must be >= 0 and batch_size >= 1")
-    step_fn = {"nominal": nominal_step, "qtrades": _qtrades_step, "trades": _trades_step,
-               "free_at": _free_at_step}[step]
+    step_fn = {
+        "nominal": nominal_step,
+        "qtrades": _qtrades_step,
+        "trades": _trades_step,
+        "free_at": _free_at_step,
+    }[step]
     step_args = dict(step_args or {})
     if flip and isinstance(data, TensorData):
         raise ValueError("horizontal flips need images; these inputs are vectors")
@@ -263,16 +311,26 @@ def train_cross_entropy(model: nn.Module, data, *, epochs: int, lr: float, batch
         order = torch.randperm(len(y_all), generator=generators.cpu).to(y_all.device)
         total, correct = 0.0, 0
         for first in range(0, len(order), batch_size):
-            idx = order[first:first + batch_size]
+            idx = order[first : first + batch_size]
             x = data.train_batch(idx, generators.device, **batch_kwargs)
-            loss, logits = step_fn(model, optimizer, x, y_all[idx], generators.device,
-                                   state=carry, **step_args)
+            loss, logits = step_fn(
+                model, optimizer, x, y_all[idx], generators.device, state=carry, **step_args
+            )
             total += loss * len(idx)
             correct += int((logits.argmax(1) == y_all[idx]).sum())
         return total / len(order), correct / len(order)
 
-    return _run_epochs(step, epochs, model, optimizer, scheduler, generators, one_epoch,
-                       Checkpoint(checkpoint), progress)
+    return _run_epochs(
+        step,
+        epochs,
+        model,
+        optimizer,
+        scheduler,
+        generators,
+        one_epoch,
+        Checkpoint(checkpoint),
+        progress,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,8 +345,9 @@ def _check_milestones(milestones) -> list[int]:
     out = []
     for m in milestones:
         if isinstance(m, bool) or int(m) != m or int(m) < 1:
-            raise ValueError(f"lr milestones must be positive integer epochs, "
-                             f"got {list(milestones)}")
+            raise ValueError(
+                f"lr milestones must be positive integer epochs, got {list(milestones)}"
+            )
         out.append(int(m))
     if any(b <= a for a, b in zip(out, out[1:])):
         raise ValueError(f"lr milestones must be strictly increasing, got {out}")
@@ -296,8 +355,9 @@ def _check_milestones(milestones) -> list[int]:
 
 
 @torch.no_grad()
-def embed_augmented(embedder: nn.Module, data, generator, flip=None,
-                    batch_size: int = 1024) -> torch.Tensor:
+def embed_augmented(
+    embedder: nn.Module, data, generator, flip=None, batch_size: int = 1024
+) -> torch.Tensor:
     """Embeddings of the whole training set, each image augmented as a training batch is
     (``data.train_batch``: crop if the dataset is augmented, flip if asked), in eval mode
     without autograd (mode restored after); the official code's cluster refresh embeds its
@@ -306,26 +366,54 @@ def embed_augmented(embedder: nn.Module, data, generator, flip=None,
     embedder.eval()
     kwargs = {} if flip is None else {"flip": flip}
     n = len(data.y_train)
-    out = torch.cat([embedder(data.train_batch(torch.arange(i, min(i + batch_size, n),
-                                                            device=data.y_train.device),
-                                               generator, **kwargs))
-                     for i in range(0, n, batch_size)])
+    out = torch.cat(
+        [
+            embedder(
+                data.train_batch(
+                    torch.arange(i, min(i + batch_size, n), device=data.y_train.device),
+                    generator,
+                    **kwargs,
+                )
+            )
+            for i in range(0, n, batch_size)
+        ]
+    )
     embedder.train(was_training)
     return out
 
 
-def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: float,
-                 clusters_per_class: int = 2, clusters_per_batch: int = 12,
-                 samples_per_cluster: int = 20, seed: int = 0, qtrades_lambda: float = 0.0,
-                 qtrades_eps: float = 8 / 255, qtrades_step: float = 10 / 255,
-                 qtrades_loss: str = "ce", checkpoint=None, progress: bool | None = None,
-                 qtrades_form: str = "logprob", qtrades_adversary_grad: bool = False,
-                 train_num_nearest: int | None = None, milestones=(), flip: bool | None = None,
-                 seed_probability: str = "all_members", epoch_length: str = "ceil",
-                 drop_short_batches: bool = False, kmeans_random_state: int | None = None,
-                 kmeans_n_init: int = 1, kmeans_max_iter: int = 300,
-                 refresh_augment: bool = False, variance_from: str = "assignments",
-                 magnet_log_eps: float | None = None):
+def train_magnet(
+    embedder: nn.Module,
+    data,
+    *,
+    epochs: int,
+    lr: float,
+    alpha: float,
+    clusters_per_class: int = 2,
+    clusters_per_batch: int = 12,
+    samples_per_cluster: int = 20,
+    seed: int = 0,
+    qtrades_lambda: float = 0.0,
+    qtrades_eps: float = 8 / 255,
+    qtrades_step: float = 10 / 255,
+    qtrades_loss: str = "ce",
+    checkpoint=None,
+    progress: bool | None = None,
+    qtrades_form: str = "logprob",
+    qtrades_adversary_grad: bool = False,
+    train_num_nearest: int | None = None,
+    milestones=(),
+    flip: bool | None = None,
+    seed_probability: str = "all_members",
+    epoch_length: str = "ceil",
+    drop_short_batches: bool = False,
+    kmeans_random_state: int | None = None,
+    kmeans_n_init: int = 1,
+    kmeans_max_iter: int = 300,
+    refresh_augment: bool = False,
+    variance_from: str = "assignments",
+    magnet_log_eps: float | None = None,
+):
     """Magnet-loss training (Eq. 3) with neighbourhood sampling (App. D).
 
     Clusters come from per-class k-means++ on the embeddings of the whole training set
@@ -378,8 +466,9 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
     check_choice(qtrades_form, "QTRADES form", QTRADES_FORMS)
     check_choice(qtrades_loss, "QTRADES loss", QTRADES_LOSSES)
     if qtrades_form == "official" and qtrades_loss != "ce":
-        raise ValueError("the official QTRADES form is a cross-entropy term; "
-                         "qtrades_loss must be 'ce'")
+        raise ValueError(
+            "the official QTRADES form is a cross-entropy term; qtrades_loss must be 'ce'"
+        )
     check_choice(variance_from, "variance source", VARIANCE_SOURCES)
     check_choice(seed_probability, "seed probability", SEED_PROBABILITIES)
     check_choice(epoch_length, "epoch length", EPOCH_LENGTHS)
@@ -387,29 +476,42 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
     if magnet_log_eps is not None:
         check_positive(magnet_log_eps, "magnet_log_eps")
     if int(kmeans_n_init) < 1 or int(kmeans_max_iter) < 1:
-        raise ValueError(f"kmeans_n_init and kmeans_max_iter must be >= 1, got "
-                         f"{kmeans_n_init}, {kmeans_max_iter}")
+        raise ValueError(
+            f"kmeans_n_init and kmeans_max_iter must be >= 1, got "
+            f"{kmeans_n_init}, {kmeans_max_iter}"
+        )
     y_all = data.y_train
     num_classes = int(y_all.max()) + 1
     num_clusters = num_classes * int(clusters_per_class)
     if train_num_nearest is not None and not 1 <= int(train_num_nearest) <= num_clusters:
-        raise ValueError(f"train_num_nearest (L) must be in [1, {num_clusters}] (the number of "
-                         f"clusters), got {train_num_nearest}")
-    if (qtrades_lambda > 0 and qtrades_form == "logprob" and train_num_nearest is not None
-            and int(train_num_nearest) < num_clusters):
+        raise ValueError(
+            f"train_num_nearest (L) must be in [1, {num_clusters}] (the number of "
+            f"clusters), got {train_num_nearest}"
+        )
+    if (
+        qtrades_lambda > 0
+        and qtrades_form == "logprob"
+        and train_num_nearest is not None
+        and int(train_num_nearest) < num_clusters
+    ):
         raise ValueError(
             f"qtrades_form='logprob' needs Eq. (4) over all {num_clusters} clusters "
             f"(train_num_nearest=None): over the L={train_num_nearest} nearest, a class of p(x) "
             f"can have no cluster among x_adv's L nearest and CE(p(x_adv), p(x)) is infinite; "
-            f"only the official form (raw scores) is finite there")
+            f"only the official form (raw scores) is finite there"
+        )
     if flip and isinstance(data, TensorData):
         raise ValueError("horizontal flips need images; these inputs are vectors")
     batch_kwargs = {} if flip is None else {"flip": bool(flip)}
     generators = _Generators(seed, y_all.device)
     random_state = seed if kmeans_random_state is None else int(kmeans_random_state)
-    index = ClusterIndex(clusters_per_class, random_state=random_state, n_init=kmeans_n_init,
-                         max_iter=kmeans_max_iter,
-                         fixed_random_state=kmeans_random_state is not None)
+    index = ClusterIndex(
+        clusters_per_class,
+        random_state=random_state,
+        n_init=kmeans_n_init,
+        max_iter=kmeans_max_iter,
+        fixed_random_state=kmeans_random_state is not None,
+    )
 
     def cluster_passes():
         """Embeddings for k-means and, if separate, for σ²."""
@@ -423,28 +525,52 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
 
     feats, var_feats = cluster_passes()
     index.fit(feats, y_all.cpu(), variance_embeddings=var_feats)
-    sampler = NeighbourhoodSampler(index, clusters_per_batch, samples_per_cluster, seed=seed,
-                                   seed_probability=seed_probability, epoch_length=epoch_length)
+    sampler = NeighbourhoodSampler(
+        index,
+        clusters_per_batch,
+        samples_per_cluster,
+        seed=seed,
+        seed_probability=seed_probability,
+        epoch_length=epoch_length,
+    )
     optimizer = torch.optim.Adam(embedder.parameters(), lr=lr)
-    scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-                 if milestones else None)
+    scheduler = (
+        torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+        if milestones
+        else None
+    )
 
     def one_epoch():
         total, correct, seen, trained = 0.0, 0, 0, 0
-        classifier = ClusterClassifier(index.centroids_, index.centroid_classes_,
-                                       index.variance_, num_nearest=train_num_nearest,
-                                       num_classes=index.num_classes_)
+        classifier = ClusterClassifier(
+            index.centroids_,
+            index.centroid_classes_,
+            index.variance_,
+            num_nearest=train_num_nearest,
+            num_classes=index.num_classes_,
+        )
         for batch in sampler:
             if drop_short_batches and len(batch.indices) < sampler.batch_size:
                 continue
             idx = torch.from_numpy(batch.indices).to(y_all.device)
             x, y = data.train_batch(idx, generators.device, **batch_kwargs), y_all[idx]
             loss, per_sample, log_p = magnet_step(
-                embedder, optimizer, classifier, x, y, torch.from_numpy(batch.cluster_ids),
-                alpha=alpha, qtrades_lambda=qtrades_lambda, qtrades_eps=qtrades_eps,
-                qtrades_step=qtrades_step, qtrades_loss=qtrades_loss, generator=generators.device,
-                qtrades_form=qtrades_form, adversary_grad=qtrades_adversary_grad,
-                log_eps=magnet_log_eps)
+                embedder,
+                optimizer,
+                classifier,
+                x,
+                y,
+                torch.from_numpy(batch.cluster_ids),
+                alpha=alpha,
+                qtrades_lambda=qtrades_lambda,
+                qtrades_eps=qtrades_eps,
+                qtrades_step=qtrades_step,
+                qtrades_loss=qtrades_loss,
+                generator=generators.device,
+                qtrades_form=qtrades_form,
+                adversary_grad=qtrades_adversary_grad,
+                log_eps=magnet_log_eps,
+            )
             sampler.record_losses(batch.indices, per_sample)
             total += loss
             correct += int((log_p.argmax(1) == y).sum())
@@ -455,12 +581,16 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
         return total / max(trained, 1), correct / max(seen, 1)
 
     def extra_state():
-        return {"centroids": index.centroids_.cpu(), "assignments": index.assignments_,
-                "variance": index.variance_, "refreshes": index.refreshes_,
-                "sample_losses": torch.from_numpy(sampler.sample_losses),
-                "has_loss": torch.from_numpy(sampler.has_loss),
-                "cluster_losses": torch.from_numpy(sampler.stored_cluster_losses),
-                "sampler_rng": json.dumps(sampler.rng.bit_generator.state)}
+        return {
+            "centroids": index.centroids_.cpu(),
+            "assignments": index.assignments_,
+            "variance": index.variance_,
+            "refreshes": index.refreshes_,
+            "sample_losses": torch.from_numpy(sampler.sample_losses),
+            "has_loss": torch.from_numpy(sampler.has_loss),
+            "cluster_losses": torch.from_numpy(sampler.stored_cluster_losses),
+            "sampler_rng": json.dumps(sampler.rng.bit_generator.state),
+        }
 
     def restore_extra(state):
         index.centroids_ = state["centroids"].to(y_all.device)
@@ -474,8 +604,19 @@ def train_magnet(embedder: nn.Module, data, *, epochs: int, lr: float, alpha: fl
         sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
         sampler.forget_members()  # the cached cluster membership is stale
 
-    history = _run_epochs("magnet", epochs, embedder, optimizer, scheduler, generators, one_epoch,
-                          Checkpoint(checkpoint), progress, extra_state, restore_extra)
+    history = _run_epochs(
+        "magnet",
+        epochs,
+        embedder,
+        optimizer,
+        scheduler,
+        generators,
+        one_epoch,
+        Checkpoint(checkpoint),
+        progress,
+        extra_state,
+        restore_extra,
+    )
     return index, history
 
 
@@ -490,9 +631,24 @@ def official_qtrades_term(scores_adv: torch.Tensor, p: torch.Tensor) -> torch.Te
     return soft_cross_entropy(scores_adv.log_softmax(1), p).mean()
 
 
-def magnet_step(embedder, optimizer, classifier, x, y, cluster_ids, *, alpha, qtrades_lambda=0.0,
-                qtrades_eps=8 / 255, qtrades_step=10 / 255, qtrades_loss="ce", generator=None,
-                qtrades_form="logprob", adversary_grad=False, log_eps=None):
+def magnet_step(
+    embedder,
+    optimizer,
+    classifier,
+    x,
+    y,
+    cluster_ids,
+    *,
+    alpha,
+    qtrades_lambda=0.0,
+    qtrades_eps=8 / 255,
+    qtrades_step=10 / 255,
+    qtrades_loss="ce",
+    generator=None,
+    qtrades_form="logprob",
+    adversary_grad=False,
+    log_eps=None,
+):
     """One Magnet (± QTRADES) update on a neighbourhood batch; returns ``(loss, per-sample
     Magnet losses, Eq. (4) log-probabilities of the batch)``.
 
@@ -517,9 +673,16 @@ def magnet_step(embedder, optimizer, classifier, x, y, cluster_ids, *, alpha, qt
             p = normalised_scores(classifier.scores(features))
         else:
             p = log_p.exp()
-        adv = qtrades_adversary(soft_model, x, eps=qtrades_eps, step_size=qtrades_step,
-                                generator=generator, target=p, form=qtrades_form,
-                                return_start_loss=adversary_grad)
+        adv = qtrades_adversary(
+            soft_model,
+            x,
+            eps=qtrades_eps,
+            step_size=qtrades_step,
+            generator=generator,
+            target=p,
+            form=qtrades_form,
+            return_start_loss=adversary_grad,
+        )
         x_adv, extra = adv if adversary_grad else (adv, None)
         if qtrades_form == "official":
             term = official_qtrades_term(soft_model.scores(x_adv), p)
@@ -532,10 +695,17 @@ def magnet_step(embedder, optimizer, classifier, x, y, cluster_ids, *, alpha, qt
     return loss.item(), per_sample, log_p
 
 
-def cluster_model(embedder: nn.Module, index: ClusterIndex, num_nearest: int | None = None) -> ClusterModel:
+def cluster_model(
+    embedder: nn.Module, index: ClusterIndex, num_nearest: int | None = None
+) -> ClusterModel:
     """The Eq. (4) model of a trained embedder: its final clusters and training-set ``σ²``."""
-    classifier = ClusterClassifier(index.centroids_, index.centroid_classes_, index.variance_,
-                                   num_nearest=num_nearest, num_classes=index.num_classes_)
+    classifier = ClusterClassifier(
+        index.centroids_,
+        index.centroid_classes_,
+        index.variance_,
+        num_nearest=num_nearest,
+        num_classes=index.num_classes_,
+    )
     return ClusterModel(embedder, classifier)
 
 

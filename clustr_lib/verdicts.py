@@ -86,9 +86,13 @@ def judge(claim: Claim, result: dict | None) -> dict:
         verdict = NOT_AT_SCALE
     else:
         verdict = REPRODUCED if holds(claim, ours) else NOT_REPRODUCED
-    return {"verdict": verdict, "ours": ours, "profile": result.get("profile"),
-            "used": scope.get("label"),
-            "also": {label: lookup(measured, path) for label, path in claim.also.items()}}
+    return {
+        "verdict": verdict,
+        "ours": ours,
+        "profile": result.get("profile"),
+        "used": scope.get("label"),
+        "also": {label: lookup(measured, path) for label, path in claim.also.items()},
+    }
 
 
 def chapter_results(directory) -> dict:

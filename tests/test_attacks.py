@@ -59,8 +59,16 @@ def test_pgd_reaches_the_analytic_linf_robust_accuracy(rng, eps):
     model = LinearLogits(W, b)
     expected = analytic_linf_robust(x, y, W, b, eps)
     for objective in ("ce", "margin", "paper"):
-        result = pgd(model, torch.tensor(x, dtype=torch.float32), torch.tensor(y), eps=eps,
-                     step_size=eps / 4, steps=20, restarts=1, objective=objective)
+        result = pgd(
+            model,
+            torch.tensor(x, dtype=torch.float32),
+            torch.tensor(y),
+            eps=eps,
+            step_size=eps / 4,
+            steps=20,
+            restarts=1,
+            objective=objective,
+        )
         assert result.robust_accuracy == pytest.approx(expected, abs=1 / 300), objective
     assert 0.05 < expected < 0.95
 
@@ -73,8 +81,16 @@ def test_pgd_reaches_the_analytic_l2_robust_accuracy(rng):
     a = W[y] - W[1 - y]
     margin = (a * x).sum(1) + b[y] - b[1 - y]
     expected = np.mean(margin - eps * np.linalg.norm(a, axis=1) > 0)
-    result = pgd(LinearLogits(W, b), torch.tensor(x, dtype=torch.float32), torch.tensor(y),
-                 eps=eps, step_size=eps / 4, steps=30, norm="l2", objective="ce")
+    result = pgd(
+        LinearLogits(W, b),
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor(y),
+        eps=eps,
+        step_size=eps / 4,
+        steps=30,
+        norm="l2",
+        objective="ce",
+    )
     assert result.robust_accuracy == pytest.approx(expected, abs=1 / 300)
 
 
@@ -93,7 +109,9 @@ def test_pgd_iterates_stay_in_the_ball_and_the_box(rng, norm):
     assert len(iterates) >= 8  # the start and 7 steps, 3 restarts side by side
     for s in iterates:
         delta = s - x.repeat(3, 1, 1, 1)
-        size = delta.abs().flatten(1).max(1).values if norm == "linf" else delta.flatten(1).norm(dim=1)
+        size = (
+            delta.abs().flatten(1).max(1).values if norm == "linf" else delta.flatten(1).norm(dim=1)
+        )
         assert float(size.max()) <= eps + 1e-6
         assert float(s.min()) >= 0.0 and float(s.max()) <= 1.0
 
@@ -103,14 +121,27 @@ def test_more_restarts_never_raise_robust_accuracy(rng):
     net = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
     x = torch.tensor(rng.uniform(0, 1, size=(200, 10)), dtype=torch.float32)
     y = net(x).argmax(1).detach()
-    accs = [pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=r, seed=5).robust_accuracy
-            for r in (1, 2, 4, 8)]
+    accs = [
+        pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=r, seed=5).robust_accuracy
+        for r in (1, 2, 4, 8)
+    ]
     assert all(later <= earlier for earlier, later in zip(accs, accs[1:]))
     assert accs[-1] < accs[0]  # the weak attack does gain from restarts here
-    one_pass = pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5,
-                   restarts_per_pass=8)
-    sequential = pgd(net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5,
-                     restarts_per_pass=1, prune=False)
+    one_pass = pgd(
+        net, x, y, eps=0.08, step_size=0.01, steps=3, restarts=8, seed=5, restarts_per_pass=8
+    )
+    sequential = pgd(
+        net,
+        x,
+        y,
+        eps=0.08,
+        step_size=0.01,
+        steps=3,
+        restarts=8,
+        seed=5,
+        restarts_per_pass=1,
+        prune=False,
+    )
     # the same random starts side by side or one after the other: the same result
     assert torch.equal(one_pass.robust, sequential.robust)
     assert torch.equal(one_pass.broken_by_restart, sequential.broken_by_restart)
@@ -127,8 +158,14 @@ def test_shorter_attack_is_read_off_the_longer_run(rng):
     assert torch.equal(both.extra["robust_at"][4], short.robust)
     assert torch.equal(both.extra["robust_at"][12], both.robust)
     assert both.robust_accuracy < short.robust_accuracy  # longer is stronger here
-    pruned = pgd(net, x, y, steps=12, report_steps=(4, 12), **{**kwargs, "prune": True,
-                                                                 "restarts_per_pass": 1})
+    pruned = pgd(
+        net,
+        x,
+        y,
+        steps=12,
+        report_steps=(4, 12),
+        **{**kwargs, "prune": True, "restarts_per_pass": 1},
+    )
     unpruned = pgd(net, x, y, steps=12, report_steps=(4, 12), **{**kwargs, "restarts_per_pass": 1})
     # the first restart attacks every point either way; later ones only the survivors
     assert torch.equal(pruned.broken_by_restart[0], unpruned.broken_by_restart[0])
@@ -163,11 +200,15 @@ def test_objectives_on_a_cluster_model_match_numpy(cluster_model, rng):
     other = logp.copy()
     other[np.arange(15), y] = -np.inf
     margin = other.max(1) - logp[np.arange(15), y]
-    np.testing.assert_allclose(attack_objective(cluster_model, x, y, "paper").detach(), paper, rtol=1e-4)
+    np.testing.assert_allclose(
+        attack_objective(cluster_model, x, y, "paper").detach(), paper, rtol=1e-4
+    )
     got_ce = attack_objective(cluster_model, x, y, "ce").detach().numpy()
     got_margin = attack_objective(cluster_model, x, y, "margin").detach().numpy()
     np.testing.assert_allclose(got_ce[np.isfinite(ce)], ce[np.isfinite(ce)], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got_margin[np.isfinite(margin)], margin[np.isfinite(margin)], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got_margin[np.isfinite(margin)], margin[np.isfinite(margin)], rtol=1e-4, atol=1e-4
+    )
     assert np.all(np.isinf(got_ce) == np.isinf(ce))
 
 
@@ -175,8 +216,18 @@ def test_pgd_on_cluster_model_runs_every_objective_without_nan(cluster_model, rn
     x = torch.tensor(rng.uniform(0, 1, size=(30, 6)), dtype=torch.float32)
     y = cluster_model(x).argmax(1).detach()
     for objective in ("paper", "ce", "margin", "magnet"):
-        result = pgd(cluster_model, x, y, eps=0.1, step_size=0.03, steps=5, restarts=2,
-                     objective=objective, alpha=1.0, trace=True)
+        result = pgd(
+            cluster_model,
+            x,
+            y,
+            eps=0.1,
+            step_size=0.03,
+            steps=5,
+            restarts=2,
+            objective=objective,
+            alpha=1.0,
+            trace=True,
+        )
         assert torch.isfinite(result.x_adv).all()
         assert result.loss_trace.shape == (6, 2, 30)
         assert result.robust_accuracy <= result.clean_accuracy == 1.0
@@ -203,8 +254,9 @@ def test_qtrades_adversary_is_one_signed_step_of_the_soft_cross_entropy(rng):
     model = LinearLogits(W, np.zeros(3))
     x = torch.tensor(rng.uniform(0, 1, size=(50, 8)), dtype=torch.float32)
     eps, step = 8 / 255, 10 / 255
-    x_adv = qtrades_adversary(model, x, eps=eps, step_size=step,
-                              generator=torch.Generator().manual_seed(7))
+    x_adv = qtrades_adversary(
+        model, x, eps=eps, step_size=step, generator=torch.Generator().manual_seed(7)
+    )
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)).numpy()
     xs = x.numpy() + (2 * noise - 1) * eps
     p = F.softmax(torch.tensor(x.numpy() @ W.T), 1).numpy()
@@ -223,8 +275,13 @@ def test_autoattack_matches_the_analytic_robust_accuracy_of_a_linear_model(rng):
     expected = analytic_linf_robust(x, y, W, b, eps)
     # two decoy classes that can never win (AutoAttack's targeted DLR needs 4 classes)
     W4, b4 = np.concatenate([W, W[:2]]), np.concatenate([b, [-1e3, -1e3]])
-    result = autoattack(LinearLogits(W4, b4), torch.tensor(x, dtype=torch.float32).view(60, 1, 4, 4),
-                        torch.tensor(y), eps=eps, batch_size=60)
+    result = autoattack(
+        LinearLogits(W4, b4),
+        torch.tensor(x, dtype=torch.float32).view(60, 1, 4, 4),
+        torch.tensor(y),
+        eps=eps,
+        batch_size=60,
+    )
     assert result.robust_accuracy == pytest.approx(expected, abs=1 / 60)
     assert list(result.extra["robust_after"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
 
@@ -239,7 +296,9 @@ def test_autoattack_refuses_targeted_attacks_below_four_classes(rng):
 def test_autoattack_runs_on_a_cluster_model(cluster_model, rng):
     x = torch.tensor(rng.uniform(0, 1, size=(12, 6)), dtype=torch.float32)
     y = cluster_model(x).argmax(1).detach()
-    flat = ClusterModel(nn.Sequential(nn.Flatten(), cluster_model.embedder), cluster_model.classifier)
+    flat = ClusterModel(
+        nn.Sequential(nn.Flatten(), cluster_model.embedder), cluster_model.classifier
+    )
     result = autoattack(flat, x.view(12, 1, 2, 3), y, eps=0.05, batch_size=12)
     assert result.clean_accuracy == 1.0
     assert torch.all((result.x_adv - x.view(12, 1, 2, 3)).abs() <= 0.05 + 1e-6)
@@ -263,8 +322,17 @@ def test_every_pgd_rule_reaches_the_analytic_robust_accuracy_of_a_linear_model(r
     y = (x @ W.T + b).argmax(1)
     eps = 0.05
     expected = analytic_linf_robust(x, y, W, b, eps)
-    result = pgd(LinearLogits(W, b), torch.tensor(x, dtype=torch.float32), torch.tensor(y),
-                 eps=eps, step_size=eps / 4, steps=20, restarts=2, objective="ce", rule=rule)
+    result = pgd(
+        LinearLogits(W, b),
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor(y),
+        eps=eps,
+        step_size=eps / 4,
+        steps=20,
+        restarts=2,
+        objective="ce",
+        rule=rule,
+    )
     assert result.robust_accuracy == pytest.approx(expected, abs=1 / 300)
     assert result.extra["rule"] == rule
 
@@ -334,8 +402,17 @@ def test_the_official_rule_stops_updating_a_point_once_it_is_broken(rng):
     x = torch.tensor(rng.uniform(0.3, 0.7, size=(50, 4)), dtype=torch.float32)
     model = Recorder(LinearLogits(W, b))
     y = model(x).argmax(1).detach()
-    result = pgd(model, x, y, eps=0.3, step_size=0.05, steps=15, restarts=1, rule="official",
-                 random_start=False)
+    result = pgd(
+        model,
+        x,
+        y,
+        eps=0.3,
+        step_size=0.05,
+        steps=15,
+        restarts=1,
+        rule="official",
+        random_start=False,
+    )
     assert result.robust_accuracy < 1.0
     broken = ~result.robust
     final = model.model(result.x_adv).argmax(1)
@@ -350,6 +427,7 @@ def test_the_official_rule_stops_updating_a_point_once_it_is_broken(rng):
 
 
 # --- The official QTRADES adversary (issue 9): NumPy transcription of its formula ----------
+
 
 class LinearEmbed(nn.Module):
     def __init__(self, W):
@@ -392,8 +470,8 @@ def numpy_official_adversary(x, noise, W, mu, cls, var, L, eps, step, num_classe
     z = s - s.max(1, keepdims=True)
     log_q = z - np.log(np.exp(z).sum(1, keepdims=True))
     loss = -(p * log_q).sum(1)
-    d_s = -p + p.sum(1, keepdims=True) * np.exp(log_q)            # ∂loss/∂s
-    d_e = d_s @ onehot.T                                           # ∂loss/∂e_j (0 outside top L)
+    d_s = -p + p.sum(1, keepdims=True) * np.exp(log_q)  # ∂loss/∂s
+    d_e = d_s @ onehot.T  # ∂loss/∂e_j (0 outside top L)
     d_f = (d_e * e)[:, :, None] * (-(f[:, None, :] - mu[None]) / var)
     grad = d_f.sum(1) @ W
     x_adv = np.clip(np.clip(xs + step * np.sign(grad), x - eps, x + eps), 0, 1)
@@ -410,16 +488,24 @@ def test_official_qtrades_adversary_matches_its_numpy_transcription(rng):
     x[:, :3] = 0.0  # the box binds: the start must be clipped
     x[:, 3:5] = 1.0
     eps, step = 0.1, 0.03
-    clf = ClusterClassifier(torch.tensor(mu), torch.tensor(cls), var, num_nearest=L,
-                            num_classes=num_classes)
+    clf = ClusterClassifier(
+        torch.tensor(mu), torch.tensor(cls), var, num_nearest=L, num_classes=num_classes
+    )
     model = RecordingClusterModel(LinearEmbed(W), clf)
     xt = torch.tensor(x)
-    x_adv, start_loss = qtrades_adversary(model, xt, eps=eps, step_size=step, form="official",
-                                          generator=torch.Generator().manual_seed(5),
-                                          return_start_loss=True)
+    x_adv, start_loss = qtrades_adversary(
+        model,
+        xt,
+        eps=eps,
+        step_size=step,
+        form="official",
+        generator=torch.Generator().manual_seed(5),
+        return_start_loss=True,
+    )
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    expected, xs, loss = numpy_official_adversary(x, noise.numpy(), W, mu, cls, var, L, eps, step,
-                                                  num_classes)
+    expected, xs, loss = numpy_official_adversary(
+        x, noise.numpy(), W, mu, cls, var, L, eps, step, num_classes
+    )
     np.testing.assert_allclose(x_adv.numpy(), expected, atol=1e-12)
     np.testing.assert_allclose(model.seen[-1].numpy(), xs, atol=1e-12)  # the clipped start
     assert float(model.seen[-1].min()) >= 0 and float(model.seen[-1].max()) <= 1
@@ -427,8 +513,9 @@ def test_official_qtrades_adversary_matches_its_numpy_transcription(rng):
     assert start_loss.requires_grad  # its graph is kept for the caller's backward
     assert float((x_adv - xt).abs().max()) <= eps + 1e-12
     # the objective differs from the logprob form's: the ascent direction is not the same
-    lp = qtrades_adversary(model, xt, eps=eps, step_size=step,
-                           generator=torch.Generator().manual_seed(5))
+    lp = qtrades_adversary(
+        model, xt, eps=eps, step_size=step, generator=torch.Generator().manual_seed(5)
+    )
     assert float((lp != x_adv).double().mean()) > 0.05
 
 
@@ -438,8 +525,14 @@ def test_official_qtrades_adversary_on_logits_only_clips_the_start(rng):
     x = torch.tensor(rng.uniform(0, 1, size=(50, 8)), dtype=torch.float32)
     x[:, 0] = 0.0
     eps, step = 8 / 255, 10 / 255
-    x_adv = qtrades_adversary(model, x, eps=eps, step_size=step, form="official",
-                              generator=torch.Generator().manual_seed(7))
+    x_adv = qtrades_adversary(
+        model,
+        x,
+        eps=eps,
+        step_size=step,
+        form="official",
+        generator=torch.Generator().manual_seed(7),
+    )
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)).numpy()
     xs = np.clip(x.numpy() + (2 * noise - 1) * eps, 0, 1)
     p = F.softmax(torch.tensor(x.numpy() @ W.T), 1).numpy()

@@ -21,7 +21,11 @@ def write_notebook(path, parameters, body):
     params = new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params] + [new_code_cell(src) for src in body]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
@@ -29,13 +33,14 @@ def write_notebook(path, parameters, body):
 def tiny_book(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    write_notebook(notebooks / "01_ok.ipynb", 'profile = "full"\noutput_dir = "."\nn = 1',
-                   ["assert n == 2, n"])
-    write_notebook(notebooks / "02_fails.ipynb", 'profile = "full"\noutput_dir = "."',
-                   ["x = 1", "1 / 0"])
+    write_notebook(
+        notebooks / "01_ok.ipynb", 'profile = "full"\noutput_dir = "."\nn = 1', ["assert n == 2, n"]
+    )
+    write_notebook(
+        notebooks / "02_fails.ipynb", 'profile = "full"\noutput_dir = "."', ["x = 1", "1 / 0"]
+    )
     profiles = tmp_path / "profiles.yml"
-    profiles.write_text("smoke:\n  01_ok:\n    n: 2\n  02_fails: {}\n"
-                        "typo:\n  01_ok:\n    m: 3\n")
+    profiles.write_text("smoke:\n  01_ok:\n    n: 2\n  02_fails: {}\ntypo:\n  01_ok:\n    m: 3\n")
     return notebooks, profiles, tmp_path / "out"
 
 
@@ -59,13 +64,19 @@ def test_runner_executes_and_names_the_failing_notebook_and_cell(tiny_book, caps
     assert "01_ok" in capsys.readouterr().out
     executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
-    with pytest.raises(RuntimeError, match=r"02_fails.ipynb failed in the cell starting `1 / 0`.*ZeroDivisionError"):
+    with pytest.raises(
+        RuntimeError, match=r"02_fails.ipynb failed in the cell starting `1 / 0`.*ZeroDivisionError"
+    ):
         book.run("smoke", ["02_fails"], notebooks, profiles, out)
 
 
 def test_cli_reports_plan_errors_without_a_traceback():
-    proc = subprocess.run([sys.executable, "-m", "clustr_lib", "run", "--profile", "nope"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clustr_lib", "run", "--profile", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert "unknown profile 'nope'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -81,7 +92,9 @@ def test_source_notebooks_are_stripped_and_parameterised():
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert not any(c.outputs for c in code), f"{name} has outputs"
         assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
-        assert {"profile", "output_dir"} <= book.declared_parameters(book.NOTEBOOKS / f"{name}.ipynb")
+        assert {"profile", "output_dir"} <= book.declared_parameters(
+            book.NOTEBOOKS / f"{name}.ipynb"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -89,19 +102,27 @@ def built_book():
     """Run the smoke profile and build the book, as the README's command does."""
     env = {**os.environ, "CLUSTR_PROGRESS": "0"}
     for command in (["run", "--profile", "smoke"], ["build"]):
-        proc = subprocess.run([sys.executable, "-m", "clustr_lib", *command], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "clustr_lib", *command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return ROOT / "_build" / "html"
 
 
 def test_smoke_run_writes_results_with_provenance(built_book):
     import json
+
     for name in book.chapters():
         result = json.loads((book.EXECUTED / f"{name}.json").read_text())
         assert result["profile"] == "smoke"
         assert {"git_commit", "device", "versions", "wall_seconds"} <= set(result["provenance"])
-        if "computed" in result:  # evaluation chapters: the digits32 study is read, never recomputed
+        if (
+            "computed" in result
+        ):  # evaluation chapters: the digits32 study is read, never recomputed
             assert not [n for n in result["computed"] if n.startswith("digits32 study:")], name
             assert any(n.startswith("digits32 study:") for n in result["recorded"]), name
 
@@ -120,15 +141,18 @@ def test_pages_render_in_a_headless_browser(built_book):
 
     pages = [f"book/chapters/{c}.html" for c in book.chapters()] + ["book/chapters/summary.html"]
     with sync_playwright() as p:
-        chrome = p.chromium.launch(executable_path=browser(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        chrome = p.chromium.launch(
+            executable_path=browser(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = chrome.new_page()
         for rel in pages:
             page.goto((built_book / rel).as_uri())
             page.wait_for_load_state("load")
             images = page.evaluate(
                 "() => Array.from(document.querySelectorAll('main img'))"
-                ".map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0}))")
+                ".map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0}))"
+            )
             if rel.endswith("summary.html"):  # generated from the chapters' results
                 assert page.locator("main table tr", has_text="C22").count() == 1, rel
             else:

@@ -6,8 +6,13 @@ import torch
 from torch import nn
 
 from clustr_lib.attacks import pgd
-from clustr_lib.certify import (certified_accuracy, certified_radius, mlp_lipschitz_upper_bound,
-                                nearest_cluster_predict, spectral_norm)
+from clustr_lib.certify import (
+    certified_accuracy,
+    certified_radius,
+    mlp_lipschitz_upper_bound,
+    nearest_cluster_predict,
+    spectral_norm,
+)
 
 
 def predict_np(feats, centroids, classes):
@@ -55,7 +60,9 @@ def test_radius_is_sound_against_random_and_exact_perturbations(linear_setup, rn
     L = spectral_norm(W)
     assert L == pytest.approx(np.linalg.svd(W, compute_uv=False)[0])
     feats = x @ W.T
-    r = certified_radius(torch.tensor(feats), torch.tensor(centroids), torch.tensor(classes), L).numpy()
+    r = certified_radius(
+        torch.tensor(feats), torch.tensor(centroids), torch.tensor(classes), L
+    ).numpy()
     pred = predict_np(feats, centroids, classes)
     for i in range(len(x)):
         exact = exact_linear_distance(x[i], W, centroids, classes)
@@ -69,6 +76,7 @@ def test_radius_is_sound_against_random_and_exact_perturbations(linear_setup, rn
 def test_radius_is_sound_against_l2_pgd(linear_setup):
     W, centroids, classes, x = linear_setup
     from clustr_lib.classify import ClusterClassifier, ClusterModel
+
     L = spectral_norm(W)
     feats = x @ W.T
     r = certified_radius(torch.tensor(feats), torch.tensor(centroids), torch.tensor(classes), L)
@@ -76,13 +84,33 @@ def test_radius_is_sound_against_l2_pgd(linear_setup):
     model = ClusterModel(Linear(W), clf)
     y = torch.tensor(predict_np(feats, centroids, classes))
     xt = torch.tensor(x)
-    result = pgd(model, xt, y, eps=0.999 * r, step_size=0.05, steps=60, restarts=3,
-                 norm="l2", objective="margin")
+    result = pgd(
+        model,
+        xt,
+        y,
+        eps=0.999 * r,
+        step_size=0.05,
+        steps=60,
+        restarts=3,
+        norm="l2",
+        objective="margin",
+    )
     assert bool(result.robust.all())
     # and the same attack does break points at 3x the exact distance
-    exact = torch.tensor([exact_linear_distance(x[i], W, centroids, classes) for i in range(len(x))])
-    result = pgd(model, xt, y, eps=3 * exact, step_size=0.05, steps=100, restarts=1,
-                 norm="l2", objective="margin")
+    exact = torch.tensor(
+        [exact_linear_distance(x[i], W, centroids, classes) for i in range(len(x))]
+    )
+    result = pgd(
+        model,
+        xt,
+        y,
+        eps=3 * exact,
+        step_size=0.05,
+        steps=100,
+        restarts=1,
+        norm="l2",
+        objective="margin",
+    )
     assert result.robust.float().mean() < 0.5
 
 
@@ -93,10 +121,14 @@ def test_tightness_along_the_top_singular_direction(rng):
     L = S[0]
     x = rng.normal(size=6)
     f = W @ x
-    mu1 = f + 0.3 * U[:, 1]                # f is nearest to μ₁
+    mu1 = f + 0.3 * U[:, 1]  # f is nearest to μ₁
     mu2 = mu1 + 2.0 * U[:, 0]
     centroids, classes = np.stack([mu1, mu2]), np.array([0, 1])
-    r = float(certified_radius(torch.tensor(f[None]), torch.tensor(centroids), torch.tensor(classes), L)[0])
+    r = float(
+        certified_radius(torch.tensor(f[None]), torch.tensor(centroids), torch.tensor(classes), L)[
+            0
+        ]
+    )
     assert r == pytest.approx(exact_linear_distance(x, W, centroids, classes), rel=1e-9)
     assert predict_np((W @ (x + 0.999 * r * Vt[0]))[None], centroids, classes)[0] == 0
     assert predict_np((W @ (x + 1.001 * r * Vt[0]))[None], centroids, classes)[0] == 1
@@ -116,7 +148,7 @@ def test_paper_reduction_never_below_sound_and_strictly_above_in_a_constructed_c
     classes = torch.tensor([0, 1, 2])
     sound = float(certified_radius(f, centroids, classes, 1.0, "sound")[0])
     paper = float(certified_radius(f, centroids, classes, 1.0, "paper")[0])
-    assert sound == pytest.approx(0.5)                       # bisector x = 1.5
+    assert sound == pytest.approx(0.5)  # bisector x = 1.5
     assert paper == pytest.approx((1.9**2 + 0 - 1.0) / (2 * np.hypot(1.0, 1.9)))
     assert paper > sound
     # a perturbation of norm 0.55 < paper radius changes the nearest-cluster class
@@ -127,14 +159,20 @@ def test_paper_reduction_never_below_sound_and_strictly_above_in_a_constructed_c
 def test_certified_accuracy_counts_correct_points_with_larger_radius():
     radii = np.array([0.0, 0.5, 1.0, 2.0])
     correct = np.array([True, True, False, True])
-    np.testing.assert_allclose(certified_accuracy(radii, correct, [0.0, 0.5, 1.5, 2.0]),
-                               [0.5, 0.25, 0.25, 0.0])
+    np.testing.assert_allclose(
+        certified_accuracy(radii, correct, [0.0, 0.5, 1.5, 2.0]), [0.5, 0.25, 0.25, 0.0]
+    )
 
 
 def test_mlp_bound_is_product_of_spectral_norms_and_bounds_the_jacobian(rng):
     mlp = nn.Sequential(nn.Linear(2, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 3))
-    expected = np.prod([np.linalg.svd(m.weight.detach().numpy(), compute_uv=False)[0]
-                        for m in mlp if isinstance(m, nn.Linear)])
+    expected = np.prod(
+        [
+            np.linalg.svd(m.weight.detach().numpy(), compute_uv=False)[0]
+            for m in mlp
+            if isinstance(m, nn.Linear)
+        ]
+    )
     bound = mlp_lipschitz_upper_bound(mlp)
     assert bound == pytest.approx(expected, rel=1e-5)
     x = torch.tensor(rng.normal(size=(200, 2)), dtype=torch.float32)

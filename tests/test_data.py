@@ -30,9 +30,15 @@ def cifar10_dir(tmp_path, monkeypatch, rng):
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     # torchvision checks each file's md5 against the real archive's: point it at ours
-    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(
+        tvd.CIFAR10,
+        "train_list",
+        [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)],
+    )
     monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
-    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5(folder / "batches.meta")})
+    monkeypatch.setattr(
+        tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5(folder / "batches.meta")}
+    )
     return tmp_path, rows
 
 
@@ -71,8 +77,11 @@ def test_svhn_loader_reads_torchvision_mat_files(tmp_path, monkeypatch, rng):
 def test_missing_dataset_gives_a_clear_message(tmp_path, monkeypatch):
     def offline(self):
         raise URLError("no network")
+
     monkeypatch.setattr(tvd.CIFAR100, "download", offline)
-    with pytest.raises(data.DatasetUnavailable, match="cifar100 is not in .* could not be downloaded"):
+    with pytest.raises(
+        data.DatasetUnavailable, match="cifar100 is not in .* could not be downloaded"
+    ):
         data.load_images("cifar100", data_dir=tmp_path)
     with pytest.raises(ValueError, match="image dataset"):
         data.load_images("mnist")
@@ -96,8 +105,12 @@ def test_random_crop_is_a_per_sample_window_of_the_padded_image(rng):
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)))
     offsets = []
     for i in range(16):
-        found = [(dy, dx) for dy in range(9) for dx in range(9)
-                 if np.array_equal(padded[i, :, dy:dy + 32, dx:dx + 32], out[i].numpy())]
+        found = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if np.array_equal(padded[i, :, dy : dy + 32, dx : dx + 32], out[i].numpy())
+        ]
         assert found, f"crop {i} is not a window of the padded image"
         offsets.append(found[0])
     assert len(set(offsets[8:])) > 1
@@ -111,6 +124,7 @@ def test_train_batch_is_float_in_unit_range():
 
 
 # --- Horizontal flips (the official code's RandomHorizontalFlip on CIFAR; issue 9) --------
+
 
 def test_random_flip_mirrors_about_half_of_the_images(rng):
     x = torch.tensor(rng.integers(0, 256, size=(400, 3, 4, 5)), dtype=torch.uint8)

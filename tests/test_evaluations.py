@@ -45,29 +45,34 @@ def test_gradient_norms_match_the_analytic_gradients_of_a_linear_model(rng):
     W = rng.normal(size=(4, 6))
     x = rng.uniform(size=(20, 1, 2, 3)).astype(np.float32)
     y = rng.integers(0, 4, size=20)
-    out = evaluations.gradient_norms(linear_logits(W), Data(torch.tensor(x), y),
-                                     objectives=["ce", "margin"])
+    out = evaluations.gradient_norms(
+        linear_logits(W), Data(torch.tensor(x), y), objectives=["ce", "margin"]
+    )
     z = x.reshape(20, 6) @ W.T
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     onehot = np.eye(4)[y]
-    ce = np.linalg.norm((p - onehot) @ W, axis=1)                      # ∇(−log p_y) = Wᵀ(p − e_y)
+    ce = np.linalg.norm((p - onehot) @ W, axis=1)  # ∇(−log p_y) = Wᵀ(p − e_y)
     runner = np.where(onehot > 0, -np.inf, z).argmax(1)
-    margin = np.linalg.norm(W[runner] - W[y], axis=1)                 # ∇(z_j* − z_y)
+    margin = np.linalg.norm(W[runner] - W[y], axis=1)  # ∇(z_j* − z_y)
     np.testing.assert_allclose(np.asarray(out["norms"]["ce"]), ce, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(out["norms"]["margin"]), margin, rtol=1e-4)
 
 
 def far_cluster_model(distance):
     """Identity features in 2-D, one cluster per class at ±distance, σ² = 1."""
-    clf = ClusterClassifier(torch.tensor([[distance, 0.0], [-distance, 0.0]]), torch.tensor([0, 1]), 1.0)
+    clf = ClusterClassifier(
+        torch.tensor([[distance, 0.0], [-distance, 0.0]]), torch.tensor([0, 1]), 1.0
+    )
     return ClusterModel(nn.Flatten(), clf).eval()
 
 
 def test_the_papers_objective_has_zero_gradient_where_the_scores_underflow():
     x = torch.full((5, 1, 1, 2), 0.5)
     y = torch.zeros(5, dtype=torch.long)
-    far = evaluations.gradient_norms(far_cluster_model(40.0), Data(x, y), objectives=["paper", "ce"])
+    far = evaluations.gradient_norms(
+        far_cluster_model(40.0), Data(x, y), objectives=["paper", "ce"]
+    )
     # The scores exp(−d/2) underflow to 0 in float32 (d ≈ 1560 and 1640): the paper's
     # objective is CE on a flat softmax and its gradient is exactly 0. In log space,
     # −log p₀ = log(1 + e^{−(d₁−d₀)/2}) with (d₁−d₀)/2 = 40 and ∇_f (d₁−d₀)/2 = μ₀ − μ₁, so
@@ -78,8 +83,10 @@ def test_the_papers_objective_has_zero_gradient_where_the_scores_underflow():
     np.testing.assert_allclose(wrong["norms"]["ce"], 80.0, rtol=1e-5)  # −log p₁ ≈ 40 + …
     near = evaluations.gradient_norms(far_cluster_model(1.0), Data(x, y), objectives=["paper"])
     assert all(n > 0 for n in near["norms"]["paper"])
-    assert evaluations.tiny_share([0.0, 1e-9, 1.0]) == {"zero": pytest.approx(1 / 3),
-                                                        "tiny": pytest.approx(2 / 3)}
+    assert evaluations.tiny_share([0.0, 1e-9, 1.0]) == {
+        "zero": pytest.approx(1 / 3),
+        "tiny": pytest.approx(2 / 3),
+    }
 
 
 def eq4_numpy(feats, centroids, classes, variance, d):
@@ -89,7 +96,9 @@ def eq4_numpy(feats, centroids, classes, variance, d):
     for row in sq:
         nearest = np.argsort(row)[:d]
         scores = np.zeros(classes.max() + 1)
-        np.add.at(scores, classes[nearest], np.exp(-(row[nearest] - row[nearest].min()) / (2 * variance)))
+        np.add.at(
+            scores, classes[nearest], np.exp(-(row[nearest] - row[nearest].min()) / (2 * variance))
+        )
         preds.append(scores.argmax())
     return np.array(preds)
 
@@ -99,10 +108,13 @@ def test_clean_accuracy_by_d_matches_a_numpy_transcription_of_eq4(rng):
     classes = np.repeat(np.arange(3), 4)
     feats = rng.normal(size=(60, 2)) * 2
     y = rng.integers(0, 3, size=60)
-    clf = ClusterClassifier(torch.tensor(centroids, dtype=torch.float64), torch.tensor(classes), 3.0)
+    clf = ClusterClassifier(
+        torch.tensor(centroids, dtype=torch.float64), torch.tensor(classes), 3.0
+    )
     model = ClusterModel(nn.Flatten(), clf).eval()
-    out = evaluations.clean_accuracy_by_d(model, Data(torch.tensor(feats)[:, None, None, :], y),
-                                          d_values=[1, 2, 5, 12])
+    out = evaluations.clean_accuracy_by_d(
+        model, Data(torch.tensor(feats)[:, None, None, :], y), d_values=[1, 2, 5, 12]
+    )
     for d in (1, 2, 5, 12):
         expected = (eq4_numpy(feats, centroids, classes, 3.0, d) == y).mean()
         assert out["accuracy"][str(d)] == pytest.approx(expected)
@@ -115,21 +127,31 @@ def test_image_certificate_on_a_linear_embedder_matches_theorem_1(rng):
         embedder[1].weight.copy_(torch.tensor(W, dtype=torch.float32))
     centroids = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 3.0]])
     classes = np.array([0, 1, 1])
-    model = ClusterModel(embedder, ClusterClassifier(torch.tensor(centroids, dtype=torch.float32),
-                                                     torch.tensor(classes), 1.0)).eval()
+    model = ClusterModel(
+        embedder,
+        ClusterClassifier(torch.tensor(centroids, dtype=torch.float32), torch.tensor(classes), 1.0),
+    ).eval()
     x = rng.uniform(size=(31, 3, 2, 2)).astype(np.float32)  # odd: one median
     feats = x.reshape(31, 12) @ W.T
-    y = classes[((feats[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]   # all correct
+    y = classes[((feats[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)]  # all correct
     out = evaluations.image_certificate(model, Data(torch.tensor(x), y), eps_linf=0.01)
     L = np.linalg.svd(W, compute_uv=False)[0]
     assert out["lipschitz_upper_bound"] == pytest.approx(L, rel=1e-5)
     assert out["l2_radius_needed"] == pytest.approx(0.01 * np.sqrt(12))
     sq = ((feats[:, None] - centroids[None]) ** 2).sum(-1)
     one = sq.argmin(1)
-    radii = [min((sq[i, j] - sq[i, one[i]]) / (2 * L * np.linalg.norm(centroids[j] - centroids[one[i]]))
-                 for j in range(3) if classes[j] != classes[one[i]]) for i in range(31)]
+    radii = [
+        min(
+            (sq[i, j] - sq[i, one[i]]) / (2 * L * np.linalg.norm(centroids[j] - centroids[one[i]]))
+            for j in range(3)
+            if classes[j] != classes[one[i]]
+        )
+        for i in range(31)
+    ]
     assert out["sound"]["median_radius"] == pytest.approx(np.median(radii), rel=1e-4)
-    assert out["sound"]["certified_share"] == pytest.approx(np.mean(np.array(radii) > 0.01 * np.sqrt(12)))
+    assert out["sound"]["certified_share"] == pytest.approx(
+        np.mean(np.array(radii) > 0.01 * np.sqrt(12))
+    )
 
 
 def test_kmeans_on_nominal_features_of_separated_classes_is_perfect(rng):
@@ -144,29 +166,49 @@ def test_kmeans_on_nominal_features_of_separated_classes_is_perfect(rng):
     out = evaluations.kmeans_on_nominal(head.eval(), data, clusters_per_class=2, num_nearest=4)
     assert out["head_accuracy"] == 1.0 and out["eq4_d"] == 1.0 and out["nearest_cluster"] == 1.0
     with pytest.raises(TypeError, match="WithHead"):
-        evaluations.kmeans_on_nominal(far_cluster_model(1.0), data, clusters_per_class=2, num_nearest=4)
+        evaluations.kmeans_on_nominal(
+            far_cluster_model(1.0), data, clusters_per_class=2, num_nearest=4
+        )
 
 
 def test_masking_flags_raise_exactly_the_checks_that_hold():
     labels = studies.ATTACK_LABELS
-    rows = [("ClusTR + QTRADES", labels["paper"], 70.0), ("ClusTR + QTRADES", labels["ce"], 69.0),
-            ("ClusTR + QTRADES", labels["margin"], 40.0), ("ClusTR + QTRADES", labels["autoattack"], 5.0),
-            ("ClusTR + QTRADES", labels["square"], 69.0),
-            ("TRADES", labels["ce"], 50.0), ("TRADES", labels["margin"], 49.5),
-            ("TRADES", labels["autoattack"], 48.5), ("TRADES", labels["square"], 60.0)]
-    frame = pd.DataFrame([{"source": "s", "method": m, "attack": a, "robust": r, "seed": 0}
-                          for m, a, r in rows])
+    rows = [
+        ("ClusTR + QTRADES", labels["paper"], 70.0),
+        ("ClusTR + QTRADES", labels["ce"], 69.0),
+        ("ClusTR + QTRADES", labels["margin"], 40.0),
+        ("ClusTR + QTRADES", labels["autoattack"], 5.0),
+        ("ClusTR + QTRADES", labels["square"], 69.0),
+        ("TRADES", labels["ce"], 50.0),
+        ("TRADES", labels["margin"], 49.5),
+        ("TRADES", labels["autoattack"], 48.5),
+        ("TRADES", labels["square"], 60.0),
+    ]
+    frame = pd.DataFrame(
+        [{"source": "s", "method": m, "attack": a, "robust": r, "seed": 0} for m, a, r in rows]
+    )
     other = frame.assign(source="t", robust=50.0)  # a second source: its rows must not mix in
-    grads = pd.DataFrame({"source": "s", "method": "ClusTR + QTRADES", "objective": "paper",
-                          "norm": [0.0, 0.0, 1.0, 2.0]})
+    grads = pd.DataFrame(
+        {
+            "source": "s",
+            "method": "ClusTR + QTRADES",
+            "objective": "paper",
+            "norm": [0.0, 0.0, 1.0, 2.0],
+        }
+    )
     flags = studies.masking_flags(pd.concat([frame, other]), grads)
     clustr, trades = flags.loc[("s", "ClusTR + QTRADES")], flags.loc[("s", "TRADES")]
     assert not flags.loc[("t", "ClusTR + QTRADES")]["AutoAttack beats the paper's PGD"]
-    assert clustr["a PGD objective beats the paper's"] and clustr["AutoAttack beats the paper's PGD"]
+    assert (
+        clustr["a PGD objective beats the paper's"] and clustr["AutoAttack beats the paper's PGD"]
+    )
     assert not clustr["Square alone beats the paper's PGD"]
     assert clustr["zero gradients, paper's objective (%)"] == 50.0
     assert clustr["strongest PGD"] == 40.0 and trades["PGD, paper's objective"] == 50.0
-    assert not trades["a PGD objective beats the paper's"] and not trades["AutoAttack beats the paper's PGD"]
+    assert (
+        not trades["a PGD objective beats the paper's"]
+        and not trades["AutoAttack beats the paper's PGD"]
+    )
 
 
 @pytest.fixture

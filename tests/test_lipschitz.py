@@ -35,8 +35,10 @@ def test_conv_bound_is_exact_for_a_one_by_one_convolution():
     conv = nn.Conv2d(4, 3, 1, bias=False)
     exact = dense_operator_norm(conv, (4, 5, 5))
     assert conv_lipschitz_upper_bound(conv) == pytest.approx(exact, rel=1e-9)
-    assert exact == pytest.approx(np.linalg.svd(conv.weight.detach().double().view(3, 4).numpy(),
-                                                compute_uv=False)[0], rel=1e-9)
+    assert exact == pytest.approx(
+        np.linalg.svd(conv.weight.detach().double().view(3, 4).numpy(), compute_uv=False)[0],
+        rel=1e-9,
+    )
 
 
 def test_batchnorm_constant_is_exact_in_eval_mode():
@@ -54,7 +56,8 @@ def test_batchnorm_constant_is_exact_in_eval_mode():
 def test_average_pooling_rule_is_exact():
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert lipschitz_upper_bound(pool, input_size=6) == pytest.approx(
-        dense_operator_norm(pool, (2, 6, 6)), rel=1e-9)
+        dense_operator_norm(pool, (2, 6, 6)), rel=1e-9
+    )
 
 
 def randomised_resnet(width=2):

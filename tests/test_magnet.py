@@ -17,19 +17,27 @@ def numpy_magnet(f, cluster, cls, alpha):
     out = []
     for i in range(n):
         own = np.sum((f[i] - mu[cluster[i]]) ** 2) / (2 * var)
-        others = [np.exp(-np.sum((f[i] - mu[c]) ** 2) / (2 * var)) for c in ids if cclass[c] != cls[i]]
+        others = [
+            np.exp(-np.sum((f[i] - mu[c]) ** 2) / (2 * var)) for c in ids if cclass[c] != cls[i]
+        ]
         out.append(max(0.0, alpha + own + np.log(np.sum(others))))
     return np.array(out), var
 
 
-@pytest.mark.parametrize("n_clusters,per_cluster,dim,alpha", [
-    (4, 5, 3, 0.0), (6, 7, 16, 1.0), (12, 20, 8, 12.5), (3, 2, 2, 0.3)])
+@pytest.mark.parametrize(
+    "n_clusters,per_cluster,dim,alpha",
+    [(4, 5, 3, 0.0), (6, 7, 16, 1.0), (12, 20, 8, 12.5), (3, 2, 2, 0.3)],
+)
 def test_magnet_loss_matches_numpy(rng, n_clusters, per_cluster, dim, alpha):
     cluster = np.repeat(np.arange(n_clusters) * 3 + 1, per_cluster)  # arbitrary ids
     cls = (cluster // 3) % max(2, n_clusters // 2)
-    f = rng.normal(size=(len(cluster), dim)) + rng.normal(size=(n_clusters, dim)).repeat(per_cluster, 0)
+    f = rng.normal(size=(len(cluster), dim)) + rng.normal(size=(n_clusters, dim)).repeat(
+        per_cluster, 0
+    )
     expected, var = numpy_magnet(f, cluster, cls, alpha)
-    mean, per_sample, variance = magnet_loss(torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha)
+    mean, per_sample, variance = magnet_loss(
+        torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha
+    )
     np.testing.assert_allclose(per_sample.numpy(), expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(float(mean), expected.mean(), rtol=1e-9)
     np.testing.assert_allclose(float(variance), var, rtol=1e-9)
@@ -81,8 +89,9 @@ def test_fixed_cluster_magnet_matches_numpy(rng):
     f = rng.normal(size=(10, 4)) * 3
     y = rng.integers(0, 3, size=10)
     var, alpha = 2.5, 1.5
-    got = magnet_loss_fixed_clusters(torch.tensor(f), torch.tensor(y), torch.tensor(centroids),
-                                     torch.tensor(classes), var, alpha).numpy()
+    got = magnet_loss_fixed_clusters(
+        torch.tensor(f), torch.tensor(y), torch.tensor(centroids), torch.tensor(classes), var, alpha
+    ).numpy()
     for i in range(10):
         d = ((f[i] - centroids) ** 2).sum(1) / (2 * var)
         own = d[classes == y[i]].min()
@@ -94,8 +103,14 @@ def test_cluster_index_is_a_per_class_kmeans_fixed_point(rng):
     labels = np.repeat(np.arange(3), 40)
     f = rng.normal(size=(120, 5)) + labels[:, None] * 4.0
     f[::2] += 10.0  # two well separated modes per class
-    index = ClusterIndex(clusters_per_class=2, random_state=0).fit(torch.tensor(f), torch.tensor(labels))
-    cent, cls, assign = index.centroids_.numpy(), index.centroid_classes_.numpy(), index.assignments_.numpy()
+    index = ClusterIndex(clusters_per_class=2, random_state=0).fit(
+        torch.tensor(f), torch.tensor(labels)
+    )
+    cent, cls, assign = (
+        index.centroids_.numpy(),
+        index.centroid_classes_.numpy(),
+        index.assignments_.numpy(),
+    )
     assert cent.shape == (6, 5) and cls.tolist() == [0, 0, 1, 1, 2, 2]
     np.testing.assert_array_equal(cls[assign], labels)
     for c in range(6):
@@ -135,6 +150,7 @@ def test_cluster_index_rejects_bad_input():
 
 # --- Official-recipe options (issue 9) --------------------------------------------------
 
+
 def numpy_official_magnet(f, cluster, cls, alpha, eps):
     """The official code's per-sample loss, written in exp space as it is there:
     relu(−log(num / (den + ε) + ε)), num = exp(−d_own/(2σ²) − α), den = Σ_other exp(−d/(2σ²))."""
@@ -146,8 +162,9 @@ def numpy_official_magnet(f, cluster, cls, alpha, eps):
     out = []
     for i in range(n):
         num = np.exp(-np.sum((f[i] - mu[cluster[i]]) ** 2) / (2 * var) - alpha)
-        den = sum(np.exp(-np.sum((f[i] - mu[c]) ** 2) / (2 * var))
-                  for c in ids if cclass[c] != cls[i])
+        den = sum(
+            np.exp(-np.sum((f[i] - mu[c]) ** 2) / (2 * var)) for c in ids if cclass[c] != cls[i]
+        )
         out.append(max(0.0, -np.log(num / (den + eps) + eps)))
     return np.array(out)
 
@@ -158,15 +175,19 @@ def test_magnet_loss_with_the_official_log_epsilon_matches_numpy(rng, alpha):
     cls = cluster // 2
     f = rng.normal(size=(30, 4)) + rng.normal(size=(6, 4)).repeat(5, 0) * 1.5
     expected = numpy_official_magnet(f, cluster, cls, alpha, 1e-8)
-    _, per_sample, _ = magnet_loss(torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha,
-                                   log_eps=1e-8)
+    _, per_sample, _ = magnet_loss(
+        torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha, log_eps=1e-8
+    )
     np.testing.assert_allclose(per_sample.numpy(), expected, rtol=1e-9, atol=1e-9)
     exact = magnet_loss(torch.tensor(f), torch.tensor(cluster), torch.tensor(cls), alpha)[1].numpy()
     # −log(r + ε) = ℓ − log(1 + ε·e^ℓ) (the impostor sum ≫ ε here): ~1e-4 lower at ℓ = 10
     active = exact > 0
-    np.testing.assert_allclose(per_sample.numpy()[active],
-                               exact[active] - np.log1p(1e-8 * np.exp(exact[active])),
-                               rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(
+        per_sample.numpy()[active],
+        exact[active] - np.log1p(1e-8 * np.exp(exact[active])),
+        rtol=1e-7,
+        atol=1e-7,
+    )
 
 
 def test_the_official_log_epsilon_caps_the_per_sample_loss_near_18_4(rng):
@@ -188,8 +209,9 @@ def test_the_official_log_epsilon_caps_the_per_sample_loss_near_18_4(rng):
     g_capped = torch.autograd.grad(magnet_loss(f, cluster, cluster, 12.5, log_eps=1e-8)[1][0], f)[0]
     assert float(g_capped.norm()) < 1e-3 * float(g_exact.norm())
     centres = torch.tensor([[0.0, 0.0], [100.0, 0.0]], dtype=torch.float64)
-    fixed = magnet_loss_fixed_clusters(f[:1].detach(), torch.tensor([0]), centres,
-                                       torch.tensor([0, 1]), 1.0, 12.5, log_eps=1e-8)
+    fixed = magnet_loss_fixed_clusters(
+        f[:1].detach(), torch.tensor([0]), centres, torch.tensor([0, 1]), 1.0, 12.5, log_eps=1e-8
+    )
     assert float(fixed[0]) == pytest.approx(cap, abs=1e-6)
     with pytest.raises(ValueError, match="magnet_log_eps"):
         magnet_loss(f, cluster, cluster, 12.5, log_eps=0.0)
@@ -208,7 +230,7 @@ def test_kmeans_with_a_fixed_state_is_sklearns_with_the_official_settings(rng):
     for c in range(3):
         km = KMeans(n_clusters=2, init="k-means++", n_init=10, max_iter=40, random_state=1)
         local = km.fit_predict(f[labels == c])
-        np.testing.assert_allclose(first[2 * c:2 * c + 2].numpy(), km.cluster_centers_)
+        np.testing.assert_allclose(first[2 * c : 2 * c + 2].numpy(), km.cluster_centers_)
         np.testing.assert_array_equal(index.assignments_.numpy()[labels == c], 2 * c + local)
     moving = ClusterIndex(2, random_state=1).fit(torch.tensor(f), torch.tensor(labels))
     assert moving.random_state + moving.refreshes_ - 1 == 1  # today's: seed + refresh count
@@ -222,11 +244,17 @@ def test_variance_from_a_second_pass_uses_the_nearest_centroid_of_the_own_class(
     labels = np.repeat(np.arange(3), 30)
     f = rng.normal(size=(90, 4)) + labels[:, None] * 4.0
     g = f + rng.normal(size=f.shape) * 0.5  # another (augmented) pass
-    index = ClusterIndex(2, random_state=0).fit(torch.tensor(f), torch.tensor(labels),
-                                                 variance_embeddings=torch.tensor(g))
+    index = ClusterIndex(2, random_state=0).fit(
+        torch.tensor(f), torch.tensor(labels), variance_embeddings=torch.tensor(g)
+    )
     cent, cls = index.centroids_.numpy(), index.centroid_classes_.numpy()
-    expected = sum(min(((g[i] - cent[j]) ** 2).sum() for j in range(6) if cls[j] == labels[i])
-                   for i in range(90)) / 89
+    expected = (
+        sum(
+            min(((g[i] - cent[j]) ** 2).sum() for j in range(6) if cls[j] == labels[i])
+            for i in range(90)
+        )
+        / 89
+    )
     assert index.variance_ == pytest.approx(expected, rel=1e-10)
     same = ClusterIndex(2, random_state=0).fit(torch.tensor(f), torch.tensor(labels))
     assert torch.equal(same.centroids_, index.centroids_)  # k-means sees only the first pass

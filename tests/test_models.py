@@ -12,7 +12,9 @@ def test_normalize_matches_numpy(rng):
     x = rng.uniform(0, 1, size=(4, 3, 5, 5)).astype(np.float32)
     mean, std = [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]
     expected = (x - np.array(mean)[None, :, None, None]) / np.array(std)[None, :, None, None]
-    np.testing.assert_allclose(Normalize(mean, std)(torch.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        Normalize(mean, std)(torch.tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("width", [2, 8])

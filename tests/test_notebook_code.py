@@ -8,15 +8,20 @@ import nbformat
 
 from clustr_lib import book
 
-MAX_TOTAL_LINES = 450   # code lines over every chapter
-MAX_SHARED_LINES = 10   # identical code lines any two chapters may share
+MAX_TOTAL_LINES = 450  # code lines over every chapter
+MAX_SHARED_LINES = 10  # identical code lines any two chapters may share
 
 
 def code_lines(name: str) -> Counter:
     """Non-blank code lines of a chapter (stripped of indentation), with multiplicity."""
     nb = nbformat.read(book.NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    return Counter(line.strip() for cell in nb.cells if cell.cell_type == "code"
-                   for line in cell.source.splitlines() if line.strip())
+    return Counter(
+        line.strip()
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
+        if line.strip()
+    )
 
 
 def test_the_notebooks_hold_little_code_and_repeat_none_of_it():

@@ -25,8 +25,8 @@ def test_alpha_is_the_qtrades_one_only_for_clustr_qtrades():
 
 def test_m_is_capped_by_the_clusters_of_the_other_classes():
     s = protocol.settings("cifar10")  # M = 12, K = 2
-    assert protocol.clusters_per_batch(s, 10) == 12       # 1 + 9·2 = 19 ≥ 12
-    assert protocol.clusters_per_batch(s, 3) == 5         # 1 + 2·2
+    assert protocol.clusters_per_batch(s, 10) == 12  # 1 + 9·2 = 19 ≥ 12
+    assert protocol.clusters_per_batch(s, 3) == 5  # 1 + 2·2
     assert protocol.clusters_per_batch({**s, "clusters_per_class": 1}, 2) == 2
 
 
@@ -42,13 +42,17 @@ def test_only_the_protocols_own_pgd_requests_count_as_recorded():
     s = protocol.settings("digits32", {"eval_size": 80, "pgd_restarts_per_pass": 1})
     at = protocol.at_protocol
     assert at(s, "clustr", protocol.pgd_params(s, "clustr", "paper"))
-    assert at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", steps=[20]))   # a subset of its steps
+    assert at(
+        s, "clustr", protocol.pgd_params(s, "clustr", "ce", steps=[20])
+    )  # a subset of its steps
     assert at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", num_nearest=20))  # the tables' D
     assert at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", eps=8.0 / 255))
     assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", eps=16 / 255))
     assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", num_nearest=4))
     assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", steps=[50]))
-    assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "margin"))  # not a protocol objective
+    assert not at(
+        s, "clustr", protocol.pgd_params(s, "clustr", "margin")
+    )  # not a protocol objective
     assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", restarts=1))
     params = protocol.pgd_params(s, "clustr_qtrades", "magnet")
     assert params["alpha"] == 12.5 and params["objective"] == "magnet"

@@ -13,7 +13,9 @@ from clustr_lib import book, protocol, records, runs, sources, studies
 def notebook_defaults(name):
     nb = nbformat.read(book.NOTEBOOKS / f"{name}.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+    return {
+        node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
+    }
 
 
 def test_every_run_of_the_digits32_study_is_recorded_with_provenance():
@@ -41,16 +43,35 @@ def study():
 
 
 def test_every_evaluation_the_chapters_make_of_the_study_is_recorded(study):
-    p = {name: notebook_defaults(name) for name in
-         ("07_eps_ablation", "08_d_ablation", "09_adaptive_attack", "10_audit", "11_kmeans_nominal")}
+    p = {
+        name: notebook_defaults(name)
+        for name in (
+            "07_eps_ablation",
+            "08_d_ablation",
+            "09_adaptive_attack",
+            "10_audit",
+            "11_kmeans_nominal",
+        )
+    }
     for name, params in p.items():
         assert params["study"] is True, name
         for profile in book.load_profiles().values():  # no profile changes what the study is asked
-            changed = set(profile.get(name) or {}) & {"eps_values", "d_values", "objectives", "methods",
-                                                     "autoattack_methods", "gradient_objectives", "study"}
+            changed = set(profile.get(name) or {}) & {
+                "eps_values",
+                "d_values",
+                "objectives",
+                "methods",
+                "autoattack_methods",
+                "gradient_objectives",
+                "study",
+            }
             assert not changed, (name, changed)
-    eps = studies.eps_ablation(study, p["07_eps_ablation"]["eps_values"], p["07_eps_ablation"]["objectives"])
-    clean, robust = studies.d_ablation(study, p["08_d_ablation"]["d_values"], p["08_d_ablation"]["objectives"])
+    eps = studies.eps_ablation(
+        study, p["07_eps_ablation"]["eps_values"], p["07_eps_ablation"]["objectives"]
+    )
+    clean, robust = studies.d_ablation(
+        study, p["08_d_ablation"]["d_values"], p["08_d_ablation"]["objectives"]
+    )
     adaptive = studies.adaptive_attack(study, p["09_adaptive_attack"]["methods"])
     audit = p["10_audit"]
     attacks = studies.attack_comparison(study, audit["methods"], audit["autoattack_methods"])

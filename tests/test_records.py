@@ -48,20 +48,36 @@ def test_runs_and_their_evaluations_share_one_naming_scheme(tmp_path):
 
 
 FIRST_FORMAT = {  # a run as the digits32 study recorded it (flat metric keys)
-    "config": {"dataset": "digits32", "method": "clustr_qtrades", "seed": 1,
-               "pgd_steps": [20, 100], "pgd_objectives": ["paper", "ce"]},
-    "metrics": {"clean_accuracy": 0.99, "test_size": 450, "eval_size": 80,
-                "pgd20_paper": 0.65, "pgd100_paper": 0.6125, "clean_accuracy_eval_paper": 0.9875,
-                "pgd20_ce": 0.5875, "pgd100_ce": 0.575, "clean_accuracy_eval_ce": 0.9875},
-    "training": {"seconds": 49.0}, "attack_seconds": {"paper": 33.0},
+    "config": {
+        "dataset": "digits32",
+        "method": "clustr_qtrades",
+        "seed": 1,
+        "pgd_steps": [20, 100],
+        "pgd_objectives": ["paper", "ce"],
+    },
+    "metrics": {
+        "clean_accuracy": 0.99,
+        "test_size": 450,
+        "eval_size": 80,
+        "pgd20_paper": 0.65,
+        "pgd100_paper": 0.6125,
+        "clean_accuracy_eval_paper": 0.9875,
+        "pgd20_ce": 0.5875,
+        "pgd100_ce": 0.575,
+        "clean_accuracy_eval_ce": 0.9875,
+    },
+    "training": {"seconds": 49.0},
+    "attack_seconds": {"paper": 33.0},
     "provenance": {"created": "2026-11-22T02:09:57+00:00", "device": "CPU"},
 }
 
 
 def test_a_run_recorded_in_the_first_format_reads_into_the_typed_record():
     record = records.RunRecord.from_json(FIRST_FORMAT)
-    assert record.pgd == {"paper": {"clean": 0.9875, "robust": {"20": 0.65, "100": 0.6125}},
-                          "ce": {"clean": 0.9875, "robust": {"20": 0.5875, "100": 0.575}}}
+    assert record.pgd == {
+        "paper": {"clean": 0.9875, "robust": {"20": 0.65, "100": 0.6125}},
+        "ce": {"clean": 0.9875, "robust": {"20": 0.5875, "100": 0.575}},
+    }
     assert record.pgd_accuracy("ce", 100) == 0.575 and record.seed == 1
     assert record.method == "clustr_qtrades" and record.created.startswith("2026-11-22")
     again = records.RunRecord.from_json(json.loads(json.dumps(record.to_json())))

@@ -5,8 +5,17 @@ import pytest
 
 from clustr_lib import data, protocol, records, runs, sources, studies
 
-TINY = dict(width=2, ce_epochs=2, ce_milestones=[1], magnet_epochs=1, eval_size=20,
-            pgd_restarts=2, pgd_steps=[2, 4], batch_size=64, samples_per_cluster=5)
+TINY = dict(
+    width=2,
+    ce_epochs=2,
+    ce_milestones=[1],
+    magnet_epochs=1,
+    eval_size=20,
+    pgd_restarts=2,
+    pgd_steps=[2, 4],
+    batch_size=64,
+    samples_per_cluster=5,
+)
 
 
 def test_cached_result_is_reused_and_forced_recomputation_agrees(tmp_path):
@@ -31,8 +40,9 @@ def test_cached_result_is_reused_and_forced_recomputation_agrees(tmp_path):
 def test_a_cross_entropy_run_records_its_pgd_once_under_ce(tmp_path):
     d = data.load_images("digits32", train_size=200, test_size=40)
     config = runs.run_config("digits32", "nominal", 0, protocol.settings("digits32", TINY))
-    record = runs.run(config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m",
-                      progress=False)
+    record = runs.run(
+        config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False
+    )
     assert list(record.pgd) == ["ce"]  # the paper's objective is −log p_y for this network
 
 
@@ -51,11 +61,14 @@ def test_corrupt_result_is_recomputed_with_a_warning(tmp_path):
 def test_free_at_with_few_epochs_still_learns(tmp_path):
     """Free AT gets ce_epochs / m epochs; its lr milestones must not collapse to epoch 0."""
     d = data.load_images("digits32", train_size=400, test_size=100)
-    settings = protocol.settings("digits32", {**TINY, "ce_epochs": 8, "ce_milestones": [4, 6],
-                                              "free_replays": 8, "eval_size": 10})  # one epoch
+    settings = protocol.settings(
+        "digits32",
+        {**TINY, "ce_epochs": 8, "ce_milestones": [4, 6], "free_replays": 8, "eval_size": 10},
+    )  # one epoch
     config = runs.run_config("digits32", "free_at", 0, settings)
-    result = runs.run(config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m",
-                      progress=False)
+    result = runs.run(
+        config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False
+    )
     assert result.training["final_train_accuracy"] > 0.3  # chance is 0.1
     assert result.clean_accuracy > 0.3
 
@@ -71,13 +84,15 @@ def test_the_protocols_pgd_is_read_from_the_run_record_not_recomputed(tmp_path):
     request needs an evaluation (refused here: record_only, and no weights exist)."""
     settings = protocol.settings("digits32", TINY)
     config = runs.run_config("digits32", "clustr", 0, settings)
-    pgd = {"paper": {"clean": 0.9, "robust": {"2": 0.7, "4": 0.6}},
-           "ce": {"clean": 0.9, "robust": {"2": 0.5, "4": 0.25}}}
-    record = records.RunRecord(config, 0.95, 40, 20, pgd, {"seconds": 1.0},
-                               records.provenance())
+    pgd = {
+        "paper": {"clean": 0.9, "robust": {"2": 0.7, "4": 0.6}},
+        "ce": {"clean": 0.9, "robust": {"2": 0.5, "4": 0.25}},
+    }
+    record = records.RunRecord(config, 0.95, 40, 20, pgd, {"seconds": 1.0}, records.provenance())
     records.save_json(records.record_path(tmp_path, config), record.to_json())
-    source = sources.Source("hand-made", "digits32", None, settings, 1, tmp_path, False, None,
-                            record_only=True)
+    source = sources.Source(
+        "hand-made", "digits32", None, settings, 1, tmp_path, False, None, record_only=True
+    )
     rows = studies.pgd_rows(source, "clustr", "ce")
     assert rows[0]["pgd4"] == pytest.approx(25.0) and rows[0]["pgd2"] == pytest.approx(50.0)
     assert rows[0]["clean"] == pytest.approx(90.0)

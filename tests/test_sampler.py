@@ -95,6 +95,7 @@ def test_sampler_rejects_bad_parameters(index):
 
 # --- Seed probabilities and epoch length as the official code has them (issue 9) --------
 
+
 @pytest.fixture
 def tiny_index():
     """3 classes x 1 cluster: samples 0-3 (class 0), 4-7 (class 1), 8-11 (class 2)."""
@@ -104,8 +105,10 @@ def tiny_index():
 
 
 def test_seed_probabilities_by_hand(tiny_index):
-    samplers = {m: NeighbourhoodSampler(tiny_index, 2, 2, seed=0, seed_probability=m)
-                for m in ("all_members", "recorded", "official")}
+    samplers = {
+        m: NeighbourhoodSampler(tiny_index, 2, 2, seed=0, seed_probability=m)
+        for m in ("all_members", "recorded", "official")
+    }
     for s in samplers.values():
         np.testing.assert_allclose(s.seed_probabilities(), [1 / 3] * 3)  # no loss yet: uniform
         s.record_losses(np.array([0, 1, 4]), np.array([2.0, 4.0, 6.0]))
@@ -126,8 +129,9 @@ def test_seed_probabilities_by_hand(tiny_index):
     for s in samplers.values():
         s.record_losses(np.array([8]), np.array([1.0]))  # touches cluster 2 only
     np.testing.assert_allclose(samplers["official"].cluster_losses(), [3.0, 6.0, 3.5])  # (6+1)/2
-    np.testing.assert_allclose(samplers["official"].seed_probabilities(),
-                               [3 / 12.5, 6 / 12.5, 3.5 / 12.5])
+    np.testing.assert_allclose(
+        samplers["official"].seed_probabilities(), [3 / 12.5, 6 / 12.5, 3.5 / 12.5]
+    )
     np.testing.assert_allclose(samplers["recorded"].cluster_losses(), [3.0, 0.0, 3.5])
     np.testing.assert_allclose(samplers["all_members"].cluster_losses(), [2.0, 0.0, 7 / 5])
 

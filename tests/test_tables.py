@@ -17,9 +17,14 @@ def test_the_papers_table_for_each_dataset():
 
 
 def test_eps_table_puts_the_papers_values_next_to_our_means():
-    frame = pd.DataFrame([
-        {"eps_255": e, "objective": o, "seed": s, "pgd20": v + s, "pgd100": v + s - 1}
-        for e, v in ((2.0, 80.0), (16.0, 50.0)) for o in ("paper", "ce") for s in (0, 2)])
+    frame = pd.DataFrame(
+        [
+            {"eps_255": e, "objective": o, "seed": s, "pgd20": v + s, "pgd100": v + s - 1}
+            for e, v in ((2.0, 80.0), (16.0, 50.0))
+            for o in ("paper", "ce")
+            for s in (0, 2)
+        ]
+    )
     table = tables.eps_table(frame, {2: (81.99, 81.54), 16: (57.67, 57.05)})
     assert list(table.index) == [2.0, 16.0]
     assert table.loc[16.0, "paper PGD-100"] == 57.05 and table.loc[2.0, "paper PGD-20"] == 81.99
@@ -28,11 +33,19 @@ def test_eps_table_puts_the_papers_values_next_to_our_means():
 
 
 def test_mean_sd_table_formats_each_cell_over_seeds():
-    frame = pd.DataFrame({"method": ["A", "A", "B"], "attack": ["x", "x", "x"], "seed": [0, 1, 0],
-                          "robust": [10.0, 20.0, 5.0]})
+    frame = pd.DataFrame(
+        {
+            "method": ["A", "A", "B"],
+            "attack": ["x", "x", "x"],
+            "seed": [0, 1, 0],
+            "robust": [10.0, 20.0, 5.0],
+        }
+    )
     table = tables.mean_sd_table(frame, "method", "attack", "robust")
     assert table.loc["A", "x"] == "15.00 ± 7.07" and table.loc["B", "x"] == "5.00"
-    two = pd.concat([frame, pd.DataFrame({"method": ["A"], "attack": ["y"], "seed": [0], "robust": [1.0]})])
+    two = pd.concat(
+        [frame, pd.DataFrame({"method": ["A"], "attack": ["y"], "seed": [0], "robust": [1.0]})]
+    )
     assert tables.mean_sd_table(two, "method", "attack", "robust").loc["B", "y"] == "—"
 
 
@@ -44,16 +57,34 @@ def benchmark_runs(rows):
     """A runs frame as studies.runs_frame makes it, from
     ``(source, method, seed, clean, PGD-100 paper's objective, PGD-100 -log p_y, minutes)``;
     PGD-20 is PGD-100 + 1 and the attacked points' clean accuracy is clean - 10."""
-    return pd.DataFrame([
-        {"source": s, "method": m, "seed": k, "clean_accuracy": c, "clean_attacked": c - 10,
-         "train_minutes": t, "device": "CPU", "pgd20_paper": p + 1, "pgd100_paper": p,
-         "pgd20_ce": ce + 1, "pgd100_ce": ce} for s, m, k, c, p, ce, t in rows])
+    return pd.DataFrame(
+        [
+            {
+                "source": s,
+                "method": m,
+                "seed": k,
+                "clean_accuracy": c,
+                "clean_attacked": c - 10,
+                "train_minutes": t,
+                "device": "CPU",
+                "pgd20_paper": p + 1,
+                "pgd100_paper": p,
+                "pgd20_ce": ce + 1,
+                "pgd100_ce": ce,
+            }
+            for s, m, k, c, p, ce, t in rows
+        ]
+    )
 
 
 def test_benchmark_tables_read_the_runs_frame():
-    runs = benchmark_runs([("cifar10", "ClusTR + QTRADES", 0, 90.0, 70.0, 30.0, 0.014),
-                           ("cifar10", "ClusTR + QTRADES", 1, 92.0, 74.0, 34.0, 0.016),
-                           ("cifar10", "Nominal Training", 0, 95.0, 0.0, 0.0, 0.006)])
+    runs = benchmark_runs(
+        [
+            ("cifar10", "ClusTR + QTRADES", 0, 90.0, 70.0, 30.0, 0.014),
+            ("cifar10", "ClusTR + QTRADES", 1, 92.0, 74.0, 34.0, 0.016),
+            ("cifar10", "Nominal Training", 0, 95.0, 0.0, 0.0, 0.006),
+        ]
+    )
     table = tables.paper_vs_ours(runs, paper.TABLE1["cifar10"])
     row = table.loc["ClusTR + QTRADES"]
     assert row[("natural", "paper")] == 91.03 and row[("natural", "ours")] == "91.00 ± 1.41"
@@ -70,9 +101,13 @@ def test_benchmark_tables_read_the_runs_frame():
 
 
 def test_training_times_ratio_uses_the_unrounded_means():
-    runs = benchmark_runs([("cifar10", "ClusTR + QTRADES", 0, 90.0, 70.0, 30.0, 0.014),
-                           ("cifar10", "ClusTR + QTRADES", 1, 92.0, 74.0, 34.0, 0.016),
-                           ("cifar10", "Nominal Training", 0, 95.0, 0.0, 0.0, 0.006)])
+    runs = benchmark_runs(
+        [
+            ("cifar10", "ClusTR + QTRADES", 0, 90.0, 70.0, 30.0, 0.014),
+            ("cifar10", "ClusTR + QTRADES", 1, 92.0, 74.0, 34.0, 0.016),
+            ("cifar10", "Nominal Training", 0, 95.0, 0.0, 0.0, 0.006),
+        ]
+    )
     times = tables.training_times(runs, paper.TRAINING_MINUTES["cifar10"])
     assert list(times.index) == list(paper.TRAINING_MINUTES["cifar10"])  # no nominal row
     assert times.loc["ClusTR + QTRADES", "paper (min, GTX 1080Ti)"] == 115
@@ -86,12 +121,17 @@ def test_training_times_ratio_uses_the_unrounded_means():
 
 
 def test_paper_vs_ours_figure_stacks_one_panel_per_source():
-    runs = benchmark_runs([("cifar10", "ClusTR + QTRADES", 0, 90.0, 70.0, 30.0, 1.0),
-                           ("cifar10", "ClusTR + QTRADES", 1, 92.0, 74.0, 34.0, 1.0),
-                           ("cifar10", "Nominal Training", 0, 95.0, 10.0, 10.0, 1.0),
-                           ("digits32 for cifar10", "ClusTR + QTRADES", 0, 50.0, 40.0, 20.0, 1.0)])
-    reported = {m: paper.TABLE1["cifar10"][m]
-                for m in ("Nominal Training", "ClusTR + QTRADES", "TRADES")}
+    runs = benchmark_runs(
+        [
+            ("cifar10", "ClusTR + QTRADES", 0, 90.0, 70.0, 30.0, 1.0),
+            ("cifar10", "ClusTR + QTRADES", 1, 92.0, 74.0, 34.0, 1.0),
+            ("cifar10", "Nominal Training", 0, 95.0, 10.0, 10.0, 1.0),
+            ("digits32 for cifar10", "ClusTR + QTRADES", 0, 50.0, 40.0, 20.0, 1.0),
+        ]
+    )
+    reported = {
+        m: paper.TABLE1["cifar10"][m] for m in ("Nominal Training", "ClusTR + QTRADES", "TRADES")
+    }
     fig = plots.paper_vs_ours_figure(runs, reported)
     fig.canvas.draw()
     top, bottom = fig.axes
@@ -104,15 +144,21 @@ def test_paper_vs_ours_figure_stacks_one_panel_per_source():
     assert [p.get_height() for p in bottom.patches][3:] == pytest.approx([0.0, 40.0, 0.0])
     assert "not run" in [t.get_text() for t in top.texts]
     legend = top.get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["paper (reported, PGD-100)",
-                                                          "ours: PGD-100, paper's objective"]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "paper (reported, PGD-100)",
+        "ours: PGD-100, paper's objective",
+    ]
     assert legend.get_window_extent().x0 >= top.get_window_extent().x1  # outside the data
 
 
 def test_method_objective_bars_show_clean_and_both_objectives_per_method():
-    runs = benchmark_runs([("digits32 study", "Nominal Training", 0, 98.0, 50.0, 50.0, 1.0),
-                           ("digits32 study", "Nominal Training", 1, 96.0, 40.0, 40.0, 1.0),
-                           ("digits32 study", "ClusTR", 0, 99.0, 60.0, 30.0, 1.0)])
+    runs = benchmark_runs(
+        [
+            ("digits32 study", "Nominal Training", 0, 98.0, 50.0, 50.0, 1.0),
+            ("digits32 study", "Nominal Training", 1, 96.0, 40.0, 40.0, 1.0),
+            ("digits32 study", "ClusTR", 0, 99.0, 60.0, 30.0, 1.0),
+        ]
+    )
     fig = plots.method_objective_bars(runs)
     fig.canvas.draw()
     (ax,) = fig.axes
@@ -121,8 +167,10 @@ def test_method_objective_bars_show_clean_and_both_objectives_per_method():
     assert heights == pytest.approx([97.0, 99.0, 45.0, 60.0, 45.0, 30.0])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Nominal Training", "ClusTR"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "ours: clean (whole test set)", "ours: PGD-100, paper's objective",
-        "ours: PGD-100, −log p_y"]
+        "ours: clean (whole test set)",
+        "ours: PGD-100, paper's objective",
+        "ours: PGD-100, −log p_y",
+    ]
     clean = next(c for c in ax.containers if getattr(c, "errorbar", None))  # the first series
     whisker = clean.errorbar.lines[2][0].get_segments()[0]  # Nominal's clean: 96 to 98
     assert [y for _, y in whisker] == pytest.approx([96.0, 98.0])

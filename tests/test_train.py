@@ -15,8 +15,15 @@ def small_digits():
 def test_interrupted_cross_entropy_run_resumes_to_the_same_weights(tmp_path):
     d = small_digits()
     d.augment = True  # exercise the augmentation stream as well
-    kwargs = dict(lr=1e-2, batch_size=64, milestones=(2,), seed=3, step="qtrades",
-                  step_args={"lam": 1.0, "eps": 8 / 255, "step_size": 10 / 255}, progress=False)
+    kwargs = dict(
+        lr=1e-2,
+        batch_size=64,
+        milestones=(2,),
+        seed=3,
+        step="qtrades",
+        step_args={"lam": 1.0, "eps": 8 / 255, "step_size": 10 / 255},
+        progress=False,
+    )
 
     def fresh():
         torch.manual_seed(0)
@@ -36,8 +43,16 @@ def test_interrupted_cross_entropy_run_resumes_to_the_same_weights(tmp_path):
 
 def test_interrupted_magnet_run_resumes_to_the_same_weights_and_clusters(tmp_path):
     d = small_digits()
-    kwargs = dict(lr=1e-3, alpha=1.0, clusters_per_class=2, clusters_per_batch=4,
-                  samples_per_cluster=10, seed=1, qtrades_lambda=1.0, progress=False)
+    kwargs = dict(
+        lr=1e-3,
+        alpha=1.0,
+        clusters_per_class=2,
+        clusters_per_batch=4,
+        samples_per_cluster=10,
+        seed=1,
+        qtrades_lambda=1.0,
+        progress=False,
+    )
 
     def fresh():
         torch.manual_seed(0)
@@ -67,8 +82,16 @@ def test_short_clustr_run_on_digits32_is_far_above_chance():
     torch.manual_seed(0)
     net = WithHead(resnet18_embedder(4), 32, 10)
     train_cross_entropy(net, d, epochs=6, lr=1e-2, batch_size=128, milestones=(4,), progress=False)
-    index, _ = train_magnet(net.embedder, d, epochs=2, lr=1e-3, alpha=1.0, clusters_per_batch=12,
-                            samples_per_cluster=20, progress=False)
+    index, _ = train_magnet(
+        net.embedder,
+        d,
+        epochs=2,
+        lr=1e-3,
+        alpha=1.0,
+        clusters_per_batch=12,
+        samples_per_cluster=20,
+        progress=False,
+    )
     model = cluster_model(net.embedder, index, num_nearest=20).eval()
     accuracy = float((model(d.test_images()).argmax(1) == d.y_test).float().mean())
     assert accuracy > 0.7  # chance is 0.1
@@ -114,8 +137,9 @@ def test_official_qtrades_term_matches_numpy_and_its_target_is_not_detached(rng)
     cls = np.repeat(np.arange(num_classes), k)
     var = 1.3
     f, f_adv = rng.normal(size=(n, dim)), rng.normal(size=(n, dim))
-    clf = ClusterClassifier(torch.tensor(mu), torch.tensor(cls), var, num_nearest=L,
-                            num_classes=num_classes)
+    clf = ClusterClassifier(
+        torch.tensor(mu), torch.tensor(cls), var, num_nearest=L, num_classes=num_classes
+    )
     ft = torch.tensor(f, requires_grad=True)
     fa = torch.tensor(f_adv, requires_grad=True)
     term = official_qtrades_term(clf.scores(fa), normalised_scores(clf.scores(ft)))
@@ -149,12 +173,22 @@ def test_official_step_adds_the_adversarys_start_gradient(rng):
     y = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
     clusters = torch.tensor([0] * 4 + [2] * 4 + [4] * 4)
     optimizer = torch.optim.SGD(embedder.parameters(), lr=0.0)
-    kwargs = dict(alpha=1.0, qtrades_lambda=2.0, qtrades_eps=0.1, qtrades_step=0.05,
-                  qtrades_form="official")
+    kwargs = dict(
+        alpha=1.0, qtrades_lambda=2.0, qtrades_eps=0.1, qtrades_step=0.05, qtrades_form="official"
+    )
     grads, losses = {}, {}
     for leak in (False, True):
-        losses[leak] = magnet_step(embedder, optimizer, clf, x, y, clusters, adversary_grad=leak,
-                                   generator=torch.Generator().manual_seed(3), **kwargs)[0]
+        losses[leak] = magnet_step(
+            embedder,
+            optimizer,
+            clf,
+            x,
+            y,
+            clusters,
+            adversary_grad=leak,
+            generator=torch.Generator().manual_seed(3),
+            **kwargs,
+        )[0]
         grads[leak] = [p.grad.clone() for p in embedder.parameters()]
     # independently: the adversary's objective at its clipped start, p(x) detached, batch mean
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
@@ -195,37 +229,49 @@ def test_train_magnet_validates_the_official_options_before_any_work():
             raise AssertionError("embedded before validating")
 
     d = _blobs([20, 20, 20])  # 3 classes, K = 2: 6 clusters
-    base = dict(epochs=1, lr=1e-3, alpha=1.0, clusters_per_batch=3, samples_per_cluster=4,
-                progress=False)
-    bad = [({"qtrades_form": "paper"}, "QTRADES form"),
-           ({"train_num_nearest": 0}, "train_num_nearest"),
-           ({"train_num_nearest": 7}, r"\[1, 6\]"),
-           ({"milestones": (30, 30)}, "strictly increasing"),
-           ({"milestones": (60, 30)}, "strictly increasing"),
-           ({"milestones": (0, 3)}, "positive integer"),
-           ({"milestones": (1.5,)}, "positive integer"),
-           ({"seed_probability": "loss"}, "seed probability"),
-           ({"epoch_length": "round"}, "epoch length"),
-           ({"variance_from": "test"}, "variance source"),
-           ({"kmeans_n_init": 0}, "kmeans_n_init"),
-           ({"kmeans_max_iter": 0}, "kmeans_max_iter"),
-           ({"magnet_log_eps": -1e-8}, "magnet_log_eps"),
-           ({"flip": True}, "images"),
-           ({"qtrades_form": "official", "qtrades_loss": "kl"}, "cross-entropy"),
-           ({"qtrades_lambda": 1.0, "train_num_nearest": 4}, "all 6 clusters")]
+    base = dict(
+        epochs=1, lr=1e-3, alpha=1.0, clusters_per_batch=3, samples_per_cluster=4, progress=False
+    )
+    bad = [
+        ({"qtrades_form": "paper"}, "QTRADES form"),
+        ({"train_num_nearest": 0}, "train_num_nearest"),
+        ({"train_num_nearest": 7}, r"\[1, 6\]"),
+        ({"milestones": (30, 30)}, "strictly increasing"),
+        ({"milestones": (60, 30)}, "strictly increasing"),
+        ({"milestones": (0, 3)}, "positive integer"),
+        ({"milestones": (1.5,)}, "positive integer"),
+        ({"seed_probability": "loss"}, "seed probability"),
+        ({"epoch_length": "round"}, "epoch length"),
+        ({"variance_from": "test"}, "variance source"),
+        ({"kmeans_n_init": 0}, "kmeans_n_init"),
+        ({"kmeans_max_iter": 0}, "kmeans_max_iter"),
+        ({"magnet_log_eps": -1e-8}, "magnet_log_eps"),
+        ({"flip": True}, "images"),
+        ({"qtrades_form": "official", "qtrades_loss": "kl"}, "cross-entropy"),
+        ({"qtrades_lambda": 1.0, "train_num_nearest": 4}, "all 6 clusters"),
+    ]
     for options, message in bad:
         with pytest.raises(ValueError, match=message):
             train_magnet(Boom(), d, **base, **options)
     # fine: L with the official form, or with no QTRADES term; L = all clusters with logprob
-    for options in ({"qtrades_lambda": 1.0, "qtrades_form": "official", "train_num_nearest": 4},
-                    {"train_num_nearest": 4}, {"qtrades_lambda": 1.0, "train_num_nearest": 6}):
+    for options in (
+        {"qtrades_lambda": 1.0, "qtrades_form": "official", "train_num_nearest": 4},
+        {"train_num_nearest": 4},
+        {"qtrades_lambda": 1.0, "train_num_nearest": 6},
+    ):
         train_magnet(TrainSteps(), d, **base, **options)
 
 
 def test_magnet_lr_drops_tenfold_at_each_milestone(tmp_path):
     d = _blobs([30, 30, 30])
-    kwargs = dict(lr=1e-2, alpha=1.0, clusters_per_class=1, clusters_per_batch=3,
-                  samples_per_cluster=10, progress=False)
+    kwargs = dict(
+        lr=1e-2,
+        alpha=1.0,
+        clusters_per_class=1,
+        clusters_per_batch=3,
+        samples_per_cluster=10,
+        progress=False,
+    )
     for epochs, expected in [(1, 1e-2), (2, 1e-3), (3, 1e-4), (4, 1e-4)]:
         path = tmp_path / f"m{epochs}.pt"
         train_magnet(TrainSteps(), d, epochs=epochs, milestones=(2, 3), checkpoint=path, **kwargs)
@@ -236,18 +282,31 @@ def test_magnet_lr_drops_tenfold_at_each_milestone(tmp_path):
     assert state["optimizer"]["param_groups"][0]["lr"] == 1e-2
 
 
-@pytest.mark.parametrize("sizes,epoch_length,drop,steps", [
-    ([50, 45], "ceil", False, 5),    # 95 samples, M·D = 20: ceil 5
-    ([50, 45], "floor", False, 4),   # floor 4
-    ([50, 45], "floor", True, 4),    # no short batch to drop
-    ([5, 90], "floor", False, 4),    # every batch is 5 + 10 = 15 < 20 samples ...
-    ([5, 90], "floor", True, 0),     # ... so the official loader drops every one
-])
+@pytest.mark.parametrize(
+    "sizes,epoch_length,drop,steps",
+    [
+        ([50, 45], "ceil", False, 5),  # 95 samples, M·D = 20: ceil 5
+        ([50, 45], "floor", False, 4),  # floor 4
+        ([50, 45], "floor", True, 4),  # no short batch to drop
+        ([5, 90], "floor", False, 4),  # every batch is 5 + 10 = 15 < 20 samples ...
+        ([5, 90], "floor", True, 0),  # ... so the official loader drops every one
+    ],
+)
 def test_epoch_length_and_short_batches_by_hand(sizes, epoch_length, drop, steps):
     net = TrainSteps()
-    _, history = train_magnet(net, _blobs(sizes), epochs=2, lr=1e-3, alpha=1.0,
-                              clusters_per_class=1, clusters_per_batch=2, samples_per_cluster=10,
-                              epoch_length=epoch_length, drop_short_batches=drop, progress=False)
+    _, history = train_magnet(
+        net,
+        _blobs(sizes),
+        epochs=2,
+        lr=1e-3,
+        alpha=1.0,
+        clusters_per_class=1,
+        clusters_per_batch=2,
+        samples_per_cluster=10,
+        epoch_length=epoch_length,
+        drop_short_batches=drop,
+        progress=False,
+    )
     assert net.calls == 2 * steps
     assert len(history.loss) == 2
 
@@ -272,9 +331,20 @@ def test_cluster_refresh_embeds_the_augmented_training_set_when_asked(augment, s
     d.augment = True
     torch.manual_seed(0)
     net = EvalRecorder()
-    train_magnet(net, d, epochs=2, lr=1e-3, alpha=1.0, clusters_per_class=1, clusters_per_batch=3,
-                 samples_per_cluster=5, flip=True, refresh_augment=augment,
-                 variance_from="second_pass" if second_pass else "assignments", progress=False)
+    train_magnet(
+        net,
+        d,
+        epochs=2,
+        lr=1e-3,
+        alpha=1.0,
+        clusters_per_class=1,
+        clusters_per_batch=3,
+        samples_per_cluster=5,
+        flip=True,
+        refresh_augment=augment,
+        variance_from="second_pass" if second_pass else "assignments",
+        progress=False,
+    )
     seen = torch.cat(net.seen)
     passes = 3 * (2 if second_pass else 1)  # the initial clustering and one refresh per epoch
     assert len(seen) == passes * 120
@@ -289,18 +359,40 @@ def test_cluster_refresh_embeds_the_augmented_training_set_when_asked(augment, s
 def test_interrupted_official_recipe_run_resumes_to_the_same_weights_and_clusters(tmp_path):
     d = small_digits()
     d.augment = True
-    kwargs = dict(lr=1e-3, alpha=12.5, clusters_per_class=2, clusters_per_batch=4,
-                  samples_per_cluster=10, seed=1, qtrades_lambda=2.0, qtrades_form="official",
-                  qtrades_adversary_grad=True, train_num_nearest=6, milestones=(2,), flip=True,
-                  seed_probability="official", epoch_length="floor", drop_short_batches=True,
-                  kmeans_random_state=1, kmeans_n_init=2, kmeans_max_iter=20,
-                  refresh_augment=True, variance_from="second_pass", magnet_log_eps=1e-8,
-                  progress=False)
+    kwargs = dict(
+        lr=1e-3,
+        alpha=12.5,
+        clusters_per_class=2,
+        clusters_per_batch=4,
+        samples_per_cluster=10,
+        seed=1,
+        qtrades_lambda=2.0,
+        qtrades_form="official",
+        qtrades_adversary_grad=True,
+        train_num_nearest=6,
+        milestones=(2,),
+        flip=True,
+        seed_probability="official",
+        epoch_length="floor",
+        drop_short_batches=True,
+        kmeans_random_state=1,
+        kmeans_n_init=2,
+        kmeans_max_iter=20,
+        refresh_augment=True,
+        variance_from="second_pass",
+        magnet_log_eps=1e-8,
+        progress=False,
+    )
 
     def fresh():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.BatchNorm2d(4), nn.ReLU(),
-                             nn.Flatten(), nn.Linear(4 * 8 * 8, 8))
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=4),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 8 * 8, 8),
+        )
 
     straight = fresh()
     index1, h1 = train_magnet(straight, d, epochs=3, **kwargs)

@@ -10,31 +10,62 @@ from clustr_lib.paper import Claim
 
 
 def claim(**changes) -> Claim:
-    base = Claim("X1", "a claim", "Table 9", 74.04, "within", 3.0, "03_cifar10", "cifar10",
-                 "per_method.ClusTR + QTRADES.pgd100_paper")
+    base = Claim(
+        "X1",
+        "a claim",
+        "Table 9",
+        74.04,
+        "within",
+        3.0,
+        "03_cifar10",
+        "cifar10",
+        "per_method.ClusTR + QTRADES.pgd100_paper",
+    )
     return dataclasses.replace(base, **changes)
 
 
-def result(value, at_scale=True, scope="cifar10", path=("per_method", "ClusTR + QTRADES",
-                                                          "pgd100_paper")):
+def result(
+    value, at_scale=True, scope="cifar10", path=("per_method", "ClusTR + QTRADES", "pgd100_paper")
+):
     measured = value
     for key in reversed(path):
         measured = {key: measured}
-    return {"chapter": "03_cifar10", "profile": "full" if at_scale else "smoke",
-            "scopes": {scope: {"label": scope, "at_scale": at_scale}},
-            "measurements": {scope: measured}}
+    return {
+        "chapter": "03_cifar10",
+        "profile": "full" if at_scale else "smoke",
+        "scopes": {scope: {"label": scope, "at_scale": at_scale}},
+        "measurements": {scope: measured},
+    }
 
 
-@pytest.mark.parametrize("ours, expected", [(74.04, True), (71.05, True), (77.04, True),
-                                            (71.03, False), (77.05, False), (0.0, False),
-                                            (float("nan"), False), (None, False)])
+@pytest.mark.parametrize(
+    "ours, expected",
+    [
+        (74.04, True),
+        (71.05, True),
+        (77.04, True),
+        (71.03, False),
+        (77.05, False),
+        (0.0, False),
+        (float("nan"), False),
+        (None, False),
+    ],
+)
 def test_within_holds_inside_the_tolerance_only(ours, expected):
     assert verdicts.holds(claim(), ours) is expected
 
 
-@pytest.mark.parametrize("rule, ours, expected", [
-    ("at_least", 98.0, True), ("at_least", 97.99, False), ("at_least", 99.5, True),
-    ("at_most", 0.0, True), ("at_most", 1.01, False), ("at_most", -1.0, True)])
+@pytest.mark.parametrize(
+    "rule, ours, expected",
+    [
+        ("at_least", 98.0, True),
+        ("at_least", 97.99, False),
+        ("at_least", 99.5, True),
+        ("at_most", 0.0, True),
+        ("at_most", 1.01, False),
+        ("at_most", -1.0, True),
+    ],
+)
 def test_one_sided_rules(rule, ours, expected):
     value, tolerance = (99.0, 1.0) if rule == "at_least" else (0.0, 1.0)
     assert verdicts.holds(claim(rule=rule, value=value, tolerance=tolerance), ours) is expected
@@ -94,10 +125,12 @@ def test_the_summary_shows_no_stand_in_number_and_the_papers_value_once():
     full = {c7.chapter: result(73.0)}
     rows = report.summary_rows(full).set_index("id")
     assert rows.loc["C7", "ours"].startswith("73.00%") and rows.loc["C7", "verdict"] == "reproduced"
-    study = {"06_digits32_study": {"scopes": {"study": {"label": "digits32 study",
-                                                        "at_scale": False}},
-                                   "measurements": {"study": {"per_method": {
-                                       "ClusTR + QTRADES": {"pgd100_paper": 67.9}}}}}}
+    study = {
+        "06_digits32_study": {
+            "scopes": {"study": {"label": "digits32 study", "at_scale": False}},
+            "measurements": {"study": {"per_method": {"ClusTR + QTRADES": {"pgd100_paper": 67.9}}}},
+        }
+    }
     rows = report.summary_rows(study).set_index("id")
     assert rows.loc["C7", "digits32 study (ours)"] == "67.90%" and rows.loc["C7", "ours"] == "—"
     page = report.summary_markdown(full)
@@ -117,24 +150,40 @@ def test_a_chapter_records_its_measurements_verdicts_and_provenance(tmp_path):
     chapter = report.Chapter("01_certificate_2d", "full", tmp_path, scopes={"2d": "moons"})
     with pytest.raises(RuntimeError, match="finish"):
         chapter.provenance()
-    result = chapter.finish({"2d": {"sound_min": 100.0, "tight_product": 0.85,
-                                    "paper_overstates": 2.5, "seeds": 1}})
-    assert result["verdicts"] == {"C1": "reproduced", "C2": "not reproduced",
-                                  "C3": "not reproduced"}
-    assert json.loads((tmp_path / "01_certificate_2d.json").read_text())["verdicts"] == result["verdicts"]
+    result = chapter.finish(
+        {"2d": {"sound_min": 100.0, "tight_product": 0.85, "paper_overstates": 2.5, "seeds": 1}}
+    )
+    assert result["verdicts"] == {
+        "C1": "reproduced",
+        "C2": "not reproduced",
+        "C3": "not reproduced",
+    }
+    assert (
+        json.loads((tmp_path / "01_certificate_2d.json").read_text())["verdicts"]
+        == result["verdicts"]
+    )
     table = chapter.provenance()
     assert list(table.index) == ["moons"] and table.loc["moons", "seeds"] == 1
     assert bool(table.loc["moons", "paper's settings"])
     smoke = report.Chapter("01_certificate_2d", "smoke", tmp_path, scopes={"2d": "moons"})
     assert set(smoke.finish({"2d": {"sound_min": 100.0}})["verdicts"].values()) == {
-        verdicts.NOT_AT_SCALE}
+        verdicts.NOT_AT_SCALE
+    }
 
 
 def test_glue_names_are_letters_digits_and_underscores():
-    flat = report.flatten({"study": {"per_method": {"ClusTR + QTRADES": {"pgd100_paper": 1.0}},
-                                     "pgd100": {"paper": {"25.5": 2.0}}}})
-    assert flat == {"study_per_method_ClusTR_QTRADES_pgd100_paper": 1.0,
-                    "study_pgd100_paper_25_5": 2.0}
+    flat = report.flatten(
+        {
+            "study": {
+                "per_method": {"ClusTR + QTRADES": {"pgd100_paper": 1.0}},
+                "pgd100": {"paper": {"25.5": 2.0}},
+            }
+        }
+    )
+    assert flat == {
+        "study_per_method_ClusTR_QTRADES_pgd100_paper": 1.0,
+        "study_pgd100_paper_25_5": 2.0,
+    }
 
 
 def test_each_rule_is_stated_in_words():
