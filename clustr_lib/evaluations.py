@@ -61,9 +61,11 @@ def pgd_accuracy(
     num_nearest=None,
     restarts_per_pass=None,
     seed: int = 0,
+    rule: str = "any_restart",
 ) -> dict:
     """PGD ℓ∞ robust accuracy at each of ``steps`` (read off one run of ``max(steps)``
-    iterations), e.g. Table 4's PGD-20/100 at another ε or Fig. 4's PGD-20 at another D."""
+    iterations) under ``rule`` (:data:`clustr_lib.attacks.PGD_RULES`), e.g. Table 4's
+    PGD-20/100 at another ε or Fig. 4's PGD-20 at another D."""
     x, y = attacked_points(data, eval_size)
     result = pgd(
         with_num_nearest(model, num_nearest),
@@ -78,6 +80,7 @@ def pgd_accuracy(
         restarts_per_pass=restarts_per_pass,
         report_steps=steps,
         seed=seed,
+        rule=rule,
     )
     return {
         "clean": result.clean_accuracy,

@@ -166,9 +166,9 @@ class RunRecord:
     Attributes:
         config: everything that determined the run (hashed for the cache).
         clean_accuracy: on the whole test set (``test_size`` images).
-        pgd: ``{objective: {"clean": accuracy on the attacked points, "robust": {steps:
-            accuracy}}}`` at the protocol's PGD (:func:`clustr_lib.protocol.pgd_params`) on
-            ``eval_size`` points.
+        pgd: ``{objective: {"clean": accuracy on the attacked points, "robust": {rule: {steps:
+            accuracy}}}}`` at the protocol's PGD (:func:`clustr_lib.protocol.pgd_params`) on
+            ``eval_size`` points, for each of its rules.
         training: ``{"seconds", "stages", "final_train_accuracy"}``.
     """
 
@@ -193,14 +193,14 @@ class RunRecord:
     def created(self) -> str:
         return self.provenance["created"]
 
-    def pgd_accuracy(self, objective: str, steps: int) -> float:
-        """Robust accuracy under the protocol's PGD-``steps`` with ``objective``."""
-        return self.pgd[objective]["robust"][str(steps)]
+    def pgd_accuracy(self, objective: str, steps: int, rule: str) -> float:
+        """Robust accuracy under the protocol's PGD-``steps`` with ``objective`` and ``rule``."""
+        return self.pgd[objective]["robust"][rule][str(steps)]
 
     def to_json(self) -> dict:
         return {
             "config": self.config,
-            "format": 2,
+            "format": 2,  # 1: flat metric keys, migrated (issue 9)
             "metrics": {
                 "clean_accuracy": self.clean_accuracy,
                 "test_size": self.test_size,
@@ -214,26 +214,14 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> RunRecord:
-        """Read a run record, also in the first format (flat ``pgd<steps>_<objective>`` and
-        ``clean_accuracy_eval_<objective>`` keys, in which the digits32 study was recorded)."""
+        """Read a run record (the JSON of :meth:`to_json`)."""
         metrics = data["metrics"]
-        pgd = metrics.get("pgd")
-        if pgd is None:
-            pgd = {}
-            for key, value in metrics.items():
-                if key.startswith("clean_accuracy_eval_"):
-                    pgd.setdefault(key[len("clean_accuracy_eval_") :], {"robust": {}})["clean"] = (
-                        value
-                    )
-            for objective, entry in pgd.items():
-                for steps in data["config"]["pgd_steps"]:
-                    entry["robust"][str(steps)] = metrics[f"pgd{steps}_{objective}"]
         return cls(
             config=data["config"],
             clean_accuracy=metrics["clean_accuracy"],
             test_size=metrics["test_size"],
             eval_size=metrics["eval_size"],
-            pgd=pgd,
+            pgd=metrics["pgd"],
             training=data["training"],
             provenance=data["provenance"],
             attack_seconds=data.get("attack_seconds", {}),

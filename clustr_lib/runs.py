@@ -21,19 +21,36 @@ from .checks import progress_enabled
 from .classify import ClusterClassifier, ClusterModel
 from .evaluations import pgd_accuracy
 from .models import WithHead, resnet18_embedder
-from .records import RunRecord, load_run, provenance, record_path, save_json, to_plain
+from .records import (
+    RunRecord,
+    data_identity,
+    load_run,
+    provenance,
+    record_path,
+    save_json,
+    to_plain,
+)
 from .train import seed_everything, train_cross_entropy, train_magnet
 
 
-def run_config(dataset: str, method: str, seed: int, settings: dict) -> dict:
-    """Everything that determines a run's result, as plain JSON (hashed for the cache)."""
+def run_config(dataset: str, method: str, seed: int, settings: dict, data=None) -> dict:
+    """Everything that determines a run's result, as plain JSON (hashed for the cache): the
+    method, seed and protocol settings, and the identity of the ``data`` it is trained and
+    evaluated on (:func:`clustr_lib.records.data_identity`), so that a run on a subset or on
+    other files is never returned for another."""
     protocol.check_method(method)
-    return {
+    config = {
         "dataset": dataset,
         "method": method,
         "seed": int(seed),
-        **{k: to_plain(v) for k, v in sorted(settings.items())},
+        **{k: to_plain(v) for k, v in sorted(protocol.check_settings(dict(settings)).items())},
     }
+    if data is not None:
+        identity = data_identity(data)
+        if identity["dataset"] != dataset:
+            raise ValueError(f"a {dataset} run cannot be trained on {identity['dataset']} data")
+        config["data"] = identity
+    return config
 
 
 def model_path(config: dict, models_dir) -> Path:
@@ -66,7 +83,8 @@ def cross_entropy_recipe(config: dict) -> tuple[str, dict, int]:
                 "lam": config["qtrades_lambda"],
                 "eps": config["qtrades_eps"],
                 "step_size": config["qtrades_step"],
-                "kind": config["qtrades_loss"],
+                "kind": config["qtrades_head_loss"],
+                "form": config["qtrades_form"],
             },
             config["ce_epochs"],
         )
@@ -86,6 +104,31 @@ def cross_entropy_recipe(config: dict) -> tuple[str, dict, int]:
         epochs = max(1, round(config["ce_epochs"] / replays))  # as many updates as nominal
         return "free_at", {"replays": replays, "eps": config["eps"]}, epochs
     return "nominal", {}, config["ce_epochs"]
+
+
+def magnet_recipe(config: dict, epochs: int) -> dict:
+    """The official-code choices of Magnet fine-tuning (:func:`clustr_lib.train.train_magnet`
+    keywords; book/deviations.md), with the lr milestones scaled to a run of ``epochs``
+    epochs (Magnet from random init runs warm start + fine-tuning epochs)."""
+    milestones = config["magnet_milestones"]
+    if milestones and epochs != config["magnet_epochs"]:
+        milestones = scaled_milestones(milestones, epochs, config["magnet_epochs"])
+    keys = (
+        "qtrades_form",
+        "qtrades_adversary_grad",
+        "train_num_nearest",
+        "flip",
+        "seed_probability",
+        "epoch_length",
+        "drop_short_batches",
+        "kmeans_random_state",
+        "kmeans_n_init",
+        "kmeans_max_iter",
+        "refresh_augment",
+        "variance_from",
+        "magnet_log_eps",
+    )
+    return {"milestones": list(milestones), **{k: config[k] for k in keys}}
 
 
 def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
@@ -135,6 +178,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
             qtrades_loss=config["qtrades_loss"],
             checkpoint=ckpt,
             progress=progress,
+            **magnet_recipe(config, epochs),
         )
         stages["magnet"] = history.seconds
         classifier = ClusterClassifier(
@@ -159,6 +203,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
             step_args=step_args,
             checkpoint=ckpt,
             progress=progress,
+            flip=config["flip"],
         )
         stages[step] = history.seconds
         final = model
@@ -184,7 +229,7 @@ def protocol_objectives(config: dict) -> list[str]:
 
 
 def evaluate(model, data, config: dict) -> tuple[dict, dict]:
-    """Clean accuracy on the test set and the protocol's PGD per objective
+    """Clean accuracy on the test set and the protocol's PGD per objective and rule
     (:func:`clustr_lib.evaluations.pgd_accuracy`, attack seed = the run's seed).
     Returns ``(metrics, seconds per objective)``."""
     x, y = data.test_images(), data.y_test
@@ -198,8 +243,12 @@ def evaluate(model, data, config: dict) -> tuple[dict, dict]:
     seconds = {}
     for objective in protocol_objectives(config):
         start = time.perf_counter()
-        params = protocol.pgd_params(config, config["method"], objective)
-        metrics["pgd"][objective] = pgd_accuracy(model, data, seed=config["seed"], **params)
+        entry = {"robust": {}}
+        for rule in config["pgd_rules"]:
+            params = protocol.pgd_params(config, config["method"], objective, rule=rule)
+            measured = pgd_accuracy(model, data, seed=config["seed"], **params)
+            entry["clean"], entry["robust"][rule] = measured["clean"], measured["robust"]
+        metrics["pgd"][objective] = entry
         seconds[objective] = time.perf_counter() - start
     return metrics, seconds
 

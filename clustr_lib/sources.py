@@ -97,7 +97,7 @@ class Source:
         only where missing."""
         methods = self.methods if method is None else [method]
         configs = [
-            run_config(self.dataset, m, s, self.settings)
+            run_config(self.dataset, m, s, self.settings, data=self.data)
             for s in range(int(self.seeds))
             for m in methods
         ]
@@ -131,9 +131,10 @@ class Source:
 
     def pgd(self, method: str, objective: str, **changes) -> list[dict]:
         """PGD ℓ∞ on every seed's model of ``method`` with the protocol's parameters and
-        ``changes`` (:func:`clustr_lib.protocol.pgd_params`): ``[{"seed", "metrics": {"clean",
-        "robust": {steps: accuracy}}}]``. A request the runs recorded themselves
-        (:func:`clustr_lib.protocol.at_protocol`) is read from them, never recomputed."""
+        ``changes`` (:func:`clustr_lib.protocol.pgd_params`; ``rule=`` for another PGD rule):
+        ``[{"seed", "metrics": {"clean", "robust": {steps: accuracy}}}]``. A request the runs
+        recorded themselves (:func:`clustr_lib.protocol.at_protocol`) is read from them, never
+        recomputed."""
         self._check(method)
         params = protocol.pgd_params(self.settings, method, objective, **changes)
         if not protocol.at_protocol(self.settings, method, params):
@@ -144,7 +145,9 @@ class Source:
                 "seed": r.seed,
                 "metrics": {
                     "clean": r.pgd[own]["clean"],
-                    "robust": {str(t): r.pgd_accuracy(own, t) for t in params["steps"]},
+                    "robust": {
+                        str(t): r.pgd_accuracy(own, t, params["rule"]) for t in params["steps"]
+                    },
                 },
             }
             for r in self.runs(method)
@@ -249,7 +252,7 @@ def digits32_study(repo_root=".", device="auto") -> Source:
         paper_dataset=None,
         settings=protocol.settings("digits32", study["overrides"]),
         seeds=study["seeds"],
-        results_dir=Path(repo_root) / "results" / "digits32",
+        results_dir=Path(repo_root) / "results" / study["results"],
         at_scale=False,
         data=images("digits32", device=device),
     )

@@ -38,6 +38,7 @@ def pgd_rows(source, method: str, objective: str, **changes) -> list[dict]:
             "method": METHODS[method],
             "seed": e["seed"],
             "objective": objective,
+            "rule": changes.get("rule", source.settings["pgd_rules"][0]),
             "clean": 100 * e["metrics"]["clean"],
         }
         row.update({f"pgd{t}": 100 * v for t, v in e["metrics"]["robust"].items()})
@@ -47,8 +48,9 @@ def pgd_rows(source, method: str, objective: str, **changes) -> list[dict]:
 
 def runs_frame(sources, force: bool = False) -> pd.DataFrame:
     """Tables 1–3 (chapters 3–6): one row per run of every method, with clean accuracy (whole
-    test set and attacked points), PGD accuracy per objective and training minutes
-    (``force``: retrain even the recorded runs)."""
+    test set and attacked points), PGD accuracy per objective (``pgd<steps>_<objective>``
+    under the protocol's first rule, the paper's; ``…_<rule>`` under the others) and training
+    minutes (``force``: retrain even the recorded runs)."""
 
     def one(source):
         rows = []
@@ -62,10 +64,13 @@ def runs_frame(sources, force: bool = False) -> pd.DataFrame:
                 "train_minutes": r.training["seconds"] / 60,
                 "device": r.provenance["device"],
             }
+            first, *others = source.settings["pgd_rules"]
             for objective in source.settings["pgd_objectives"]:
                 own = attack_objective(r.method, objective)
-                for t in [] if own is None else source.settings["pgd_steps"]:
-                    row[f"pgd{t}_{objective}"] = 100 * r.pgd_accuracy(own, t)
+                for rule in [] if own is None else [first, *others]:
+                    suffix = "" if rule == first else f"_{rule}"
+                    for t in source.settings["pgd_steps"]:
+                        row[f"pgd{t}_{objective}{suffix}"] = 100 * r.pgd_accuracy(own, t, rule)
             rows.append(row)
         return rows
 
@@ -135,23 +140,38 @@ ATTACK_LABELS = {
     "autoattack": "AutoAttack (standard)",
     "square": "Square alone (black-box)",
 }
+RULE_LABELS = {
+    "official": "official rule",
+    "any_restart": "any restart",
+    "any_iterate": "any iterate",
+}
+
+
+def attack_label(objective: str, rule: str | None = None) -> str:
+    """How tables name a PGD attack: :data:`ATTACK_LABELS`, plus the rule when it is not the
+    protocol's first (``"PGD, paper's objective (any iterate)"``)."""
+    return ATTACK_LABELS[objective] + (f" ({RULE_LABELS[rule]})" if rule else "")
 
 
 def attack_comparison(sources, methods, autoattack_methods) -> pd.DataFrame:
     """The audit: robust accuracy of the same models under every attack, per source and seed
-    (PGD-100 for the PGD rows; AutoAttack's four attacks in sequence; Square alone)."""
+    (PGD-100 for the PGD rows, under each of the protocol's rules — the paper's first;
+    AutoAttack's four attacks in sequence; Square alone)."""
 
     def one(source):
         last = str(max(source.settings["pgd_steps"]))
+        first, *others = source.settings["pgd_rules"]
         rows = []
         for method in (m for m in methods if m in source.methods):
             for objective in ("paper", "ce", "margin", "magnet"):
                 if attack_objective(method, objective) != objective:
                     continue  # for a CE network the paper's objective is −log p_y
-                rows += [
-                    {**r, "attack": ATTACK_LABELS[objective], "robust": r[f"pgd{last}"]}
-                    for r in pgd_rows(source, method, objective)
-                ]
+                for rule in (first, *others):
+                    label = attack_label(objective, None if rule == first else rule)
+                    rows += [
+                        {**r, "attack": label, "robust": r[f"pgd{last}"]}
+                        for r in pgd_rows(source, method, objective, rule=rule)
+                    ]
             if method in autoattack_methods:
                 rows += autoattack_rows(source, method)
         return rows

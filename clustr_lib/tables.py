@@ -46,8 +46,9 @@ def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
 def objectives_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Chapters 3–6: robust accuracy under the paper's PGD objective and under −log p_y, mean
     over seeds, with clean accuracy on the whole test set and on the attacked subset (columns
-    of :func:`clustr_lib.studies.runs_frame`), one row per method in order of appearance."""
-    cols = [c for c in ("pgd20_paper", "pgd100_paper", "pgd20_ce", "pgd100_ce") if c in frame]
+    of :func:`clustr_lib.studies.runs_frame`: the protocol's first PGD rule, then the others,
+    e.g. ``pgd100_paper_any_iterate``), one row per method in order of appearance."""
+    cols = [c for c in frame if c.startswith(("pgd20_", "pgd100_"))]
     means = frame.groupby("method", sort=False)[["clean_accuracy", "clean_attacked", *cols]].mean()
     return means.round(2)
 

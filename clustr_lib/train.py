@@ -175,7 +175,7 @@ def nominal_step(model, optimizer, x, y, generator, **_):
     return loss.item(), logits
 
 
-QTRADES_LOSSES = ("ce", "kl")
+QTRADES_LOSSES = ("ce", "kl", "official_kl")
 
 
 def qtrades_term(log_q_adv: torch.Tensor, log_p: torch.Tensor, kind: str = "ce") -> torch.Tensor:
@@ -184,10 +184,15 @@ def qtrades_term(log_q_adv: torch.Tensor, log_p: torch.Tensor, kind: str = "ce")
     ``ce``: Eq. (5)'s ``CE(p(x_adv), p(x)) = −Σ p log q``; ``kl``: TRADES' ``KL(p ‖ q)``, the
     same minus the entropy of ``p``. Gradients flow through both distributions, as in
     TRADES; with ``ce`` the entropy term then also pulls ``p(x)`` towards confident
-    predictions of any class.
+    predictions of any class. ``official_kl``: the official code's QTRADES on a cross-entropy
+    head (its first upload, ``F.kl_div(softmax(x_adv), softmax(x), reduction="mean")``), i.e.
+    ``mean over batch and classes of p·(log p − q)`` with the *probabilities* ``q`` where a
+    log is expected: a bounded term.
     """
     check_choice(kind, "QTRADES loss", QTRADES_LOSSES)
     p = log_p.exp()
+    if kind == "official_kl":
+        return torch.where(p > 0, p * (log_p - log_q_adv.exp()), torch.zeros_like(p)).mean()
     term = soft_cross_entropy(log_q_adv, p)
     if kind == "kl":
         term = term + torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(1)

@@ -56,3 +56,35 @@ def test_only_the_protocols_own_pgd_requests_count_as_recorded():
     assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", restarts=1))
     params = protocol.pgd_params(s, "clustr_qtrades", "magnet")
     assert params["alpha"] == 12.5 and params["objective"] == "magnet"
+    assert protocol.pgd_params(s, "clustr", "ce")["rule"] == "official"  # the paper's first
+    assert at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", rule="any_iterate"))
+    assert not at(s, "clustr", protocol.pgd_params(s, "clustr", "ce", rule="any_restart"))
+
+
+def test_bad_protocol_values_are_refused_before_any_work():
+    for changes, message in [
+        ({"qtrades_form": "exact"}, "qtrades_form"),
+        ({"pgd_rules": ["best"]}, "pgd_rules"),
+        ({"pgd_rules": []}, "pgd_rules"),
+        ({"pgd_objectives": ["xent"]}, "pgd_objectives"),
+        ({"magnet_milestones": [60, 30]}, "magnet_milestones"),
+        ({"ce_milestones": [0]}, "ce_milestones"),
+        ({"train_num_nearest": 0}, "train_num_nearest"),
+        ({"num_nearest": 0}, "num_nearest"),
+        ({"eval_size": -1}, "eval_size"),
+        ({"magnet_epochs": -1}, "magnet_epochs"),
+        ({"eps": 2.0}, "eps"),
+        ({"seed_probability": "loss"}, "seed_probability"),
+        ({"clusters_per_batch": 1}, "clusters_per_batch"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            protocol.settings("cifar10", changes)
+
+
+def test_the_recorded_study_names_our_variant_and_the_re_recording_the_official_protocol():
+    v1 = protocol.settings("digits32", protocol.DIGITS32_STUDY["overrides"])
+    official = protocol.settings("digits32", protocol.DIGITS32_OFFICIAL["overrides"])
+    for key, ours in protocol.OUR_VARIANT.items():
+        assert v1[key] == ours
+    assert official["qtrades_form"] == "official" and official["pgd_rules"][0] == "official"
+    assert official["train_num_nearest"] == 10 and official["magnet_milestones"] == [5, 8]

@@ -23,15 +23,19 @@ def test_every_run_of_the_digits32_study_is_recorded_with_provenance():
         assert not profile.get("06_digits32_study")
     study = protocol.DIGITS32_STUDY
     settings = protocol.settings("digits32", study["overrides"])
-    results_dir = book.ROOT / "results" / "digits32"
+    results_dir = book.ROOT / "results" / study["results"]
+    digits = sources.images("digits32", device="cpu")
     for seed in range(study["seeds"]):
         for method in protocol.METHODS:
-            config = runs.run_config("digits32", method, seed, settings)
+            config = runs.run_config("digits32", method, seed, settings, data=digits)
             record = records.load_run(config, results_dir)
             assert record is not None, f"no recorded result for {method}, seed {seed}"
             assert record.provenance["git_commit"] and record.provenance["device"]
             for entry in record.pgd.values():
-                assert 0.0 <= entry["robust"]["100"] <= entry["robust"]["20"] <= entry["clean"]
+                robust = entry["robust"]["any_restart"]  # the rule it was recorded with
+                # (under that rule PGD-100 can leave more points than PGD-20: a point broken
+                # at iteration 20 may be classified correctly again at 100)
+                assert all(0.0 <= robust[t] <= entry["clean"] for t in ("20", "100"))
             assert runs.model_path(config, results_dir / "models").exists()
 
 

@@ -47,7 +47,7 @@ def test_runs_and_their_evaluations_share_one_naming_scheme(tmp_path):
     assert records.record_path(tmp_path, config, suffix=".pt").suffix == ".pt"
 
 
-FIRST_FORMAT = {  # a run as the digits32 study recorded it (flat metric keys)
+RECORD = {  # a run record as runs.run writes it
     "config": {
         "dataset": "digits32",
         "method": "clustr_qtrades",
@@ -55,16 +55,27 @@ FIRST_FORMAT = {  # a run as the digits32 study recorded it (flat metric keys)
         "pgd_steps": [20, 100],
         "pgd_objectives": ["paper", "ce"],
     },
+    "format": 2,
     "metrics": {
         "clean_accuracy": 0.99,
         "test_size": 450,
         "eval_size": 80,
-        "pgd20_paper": 0.65,
-        "pgd100_paper": 0.6125,
-        "clean_accuracy_eval_paper": 0.9875,
-        "pgd20_ce": 0.5875,
-        "pgd100_ce": 0.575,
-        "clean_accuracy_eval_ce": 0.9875,
+        "pgd": {
+            "paper": {
+                "clean": 0.9875,
+                "robust": {
+                    "official": {"20": 0.7, "100": 0.65},
+                    "any_iterate": {"20": 0.6, "100": 0.55},
+                },
+            },
+            "ce": {
+                "clean": 0.9875,
+                "robust": {
+                    "official": {"20": 0.5, "100": 0.45},
+                    "any_iterate": {"20": 0.4, "100": 0.35},
+                },
+            },
+        },
     },
     "training": {"seconds": 49.0},
     "attack_seconds": {"paper": 33.0},
@@ -72,32 +83,46 @@ FIRST_FORMAT = {  # a run as the digits32 study recorded it (flat metric keys)
 }
 
 
-def test_a_run_recorded_in_the_first_format_reads_into_the_typed_record():
-    record = records.RunRecord.from_json(FIRST_FORMAT)
-    assert record.pgd == {
-        "paper": {"clean": 0.9875, "robust": {"20": 0.65, "100": 0.6125}},
-        "ce": {"clean": 0.9875, "robust": {"20": 0.5875, "100": 0.575}},
-    }
-    assert record.pgd_accuracy("ce", 100) == 0.575 and record.seed == 1
-    assert record.method == "clustr_qtrades" and record.created.startswith("2026-11-22")
+def test_the_typed_run_record_reads_each_objective_rule_and_step():
+    record = records.RunRecord.from_json(RECORD)
+    assert record.pgd_accuracy("ce", 100, "any_iterate") == 0.35
+    assert record.pgd_accuracy("paper", 20, "official") == 0.7
+    assert record.seed == 1 and record.method == "clustr_qtrades"
+    assert record.created.startswith("2026-11-22") and record.clean_accuracy == 0.99
     again = records.RunRecord.from_json(json.loads(json.dumps(record.to_json())))
-    assert again == record  # the current format round-trips
+    assert again == record  # the format round-trips
+
+
+def test_the_data_identity_tells_subsets_and_files_apart():
+    from clustr_lib import data
+
+    full = data.load_images("digits32")
+    a = data.load_images("digits32", train_size=200, test_size=50, seed=0)
+    b = data.load_images("digits32", train_size=200, test_size=50, seed=1)
+    ids = [records.data_identity(d) for d in (full, a, b)]
+    assert ids[0]["train_size"] == 1347 and ids[0]["test_size"] == 450
+    assert ids[1]["train_size"] == 200 and ids[1]["dataset"] == "digits32"
+    assert len({i["sha256"] for i in ids}) == 3  # same sizes, other subset seed: other data
+    assert records.data_identity(data.load_images("digits32")) == ids[0]  # deterministic
+    b.x_train[0, 0, 0, 0] += 1  # one pixel of one file changed (a fresh object: not cached)
+    c = data.ImageData("digits32", b.x_train, b.y_train, b.x_test, b.y_test)
+    assert records.data_identity(c)["sha256"] != ids[2]["sha256"]
 
 
 def test_a_damaged_run_record_is_reported_and_treated_as_missing(tmp_path):
-    config = FIRST_FORMAT["config"]
+    config = RECORD["config"]
     path = records.record_path(tmp_path, config)
     assert records.load_run(config, tmp_path) is None  # nothing recorded: no warning
-    records.save_json(path, FIRST_FORMAT)
+    records.save_json(path, RECORD)
     assert records.load_run(config, tmp_path).clean_accuracy == 0.99
     path.write_text(path.read_text()[:80])
     with pytest.warns(UserWarning, match="recomputing"):
         assert records.load_run(config, tmp_path) is None
-    records.save_json(path, {**FIRST_FORMAT, "metrics": {"clean_accuracy": 1.0}})
+    records.save_json(path, {**RECORD, "metrics": {"clean_accuracy": 1.0}})
     with pytest.warns(UserWarning, match=path.name):
         assert records.load_run(config, tmp_path) is None
     other = {**config, "seed": 1, "width": 8}  # a file under this name for another config
-    records.save_json(records.record_path(tmp_path, other), FIRST_FORMAT)
+    records.save_json(records.record_path(tmp_path, other), RECORD)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert records.load_run(other, tmp_path) is None

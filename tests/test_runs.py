@@ -20,7 +20,7 @@ TINY = dict(
 
 def test_cached_result_is_reused_and_forced_recomputation_agrees(tmp_path):
     d = data.load_images("digits32", train_size=200, test_size=40)
-    config = runs.run_config("digits32", "clustr", 0, protocol.settings("digits32", TINY))
+    config = runs.run_config("digits32", "clustr", 0, protocol.settings("digits32", TINY), data=d)
     dirs = dict(results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False)
     first = runs.run(config, d, **dirs)
     files = sorted(p.name for p in (tmp_path / "r").iterdir())
@@ -30,11 +30,14 @@ def test_cached_result_is_reused_and_forced_recomputation_agrees(tmp_path):
     forced = runs.run(config, d, force=True, **dirs)
     assert forced.pgd == first.pgd and forced.clean_accuracy == first.clean_accuracy
     assert forced.created >= first.created
-    # the record holds the protocol's objectives with every step, robust <= clean
+    # the record holds the protocol's objectives and rules with every step, robust <= clean,
+    # and the stronger rule never leaves more points robust
     assert set(first.pgd) == {"paper", "ce"}
     for entry in first.pgd.values():
-        assert set(entry["robust"]) == {"2", "4"}
-        assert entry["robust"]["4"] <= entry["robust"]["2"] <= entry["clean"]
+        assert set(entry["robust"]) == {"official", "any_iterate"}
+        for by_steps in entry["robust"].values():
+            assert by_steps["4"] <= by_steps["2"] <= entry["clean"]
+    assert first.config["data"] == records.data_identity(d)
 
 
 def test_a_cross_entropy_run_records_its_pgd_once_under_ce(tmp_path):
@@ -44,6 +47,21 @@ def test_a_cross_entropy_run_records_its_pgd_once_under_ce(tmp_path):
         config, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False
     )
     assert list(record.pgd) == ["ce"]  # the paper's objective is −log p_y for this network
+
+
+def test_a_run_on_a_subset_is_never_returned_for_other_data(tmp_path):
+    """Issue 13: the data's identity is in the key: 200 training images are not 150."""
+    settings = protocol.settings("digits32", {**TINY, "eval_size": 5, "pgd_steps": [1]})
+    dirs = dict(results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False)
+    small = data.load_images("digits32", train_size=150, test_size=40)
+    other = data.load_images("digits32", train_size=200, test_size=40)
+    first = runs.run(runs.run_config("digits32", "nominal", 0, settings, data=small), small, **dirs)
+    config = runs.run_config("digits32", "nominal", 0, settings, data=other)
+    assert records.load_run(config, tmp_path / "r") is None
+    assert runs.run(config, other, **dirs).config["data"]["train_size"] == 200
+    assert first.config["data"]["train_size"] == 150
+    with pytest.raises(ValueError, match="cannot be trained on"):
+        runs.run_config("cifar10", "nominal", 0, settings, data=small)
 
 
 def test_corrupt_result_is_recomputed_with_a_warning(tmp_path):
@@ -85,8 +103,14 @@ def test_the_protocols_pgd_is_read_from_the_run_record_not_recomputed(tmp_path):
     settings = protocol.settings("digits32", TINY)
     config = runs.run_config("digits32", "clustr", 0, settings)
     pgd = {
-        "paper": {"clean": 0.9, "robust": {"2": 0.7, "4": 0.6}},
-        "ce": {"clean": 0.9, "robust": {"2": 0.5, "4": 0.25}},
+        "paper": {
+            "clean": 0.9,
+            "robust": {"official": {"2": 0.7, "4": 0.6}, "any_iterate": {"2": 0.6, "4": 0.5}},
+        },
+        "ce": {
+            "clean": 0.9,
+            "robust": {"official": {"2": 0.5, "4": 0.25}, "any_iterate": {"2": 0.4, "4": 0.2}},
+        },
     }
     record = records.RunRecord(config, 0.95, 40, 20, pgd, {"seconds": 1.0}, records.provenance())
     records.save_json(records.record_path(tmp_path, config), record.to_json())
@@ -97,6 +121,10 @@ def test_the_protocols_pgd_is_read_from_the_run_record_not_recomputed(tmp_path):
     assert rows[0]["pgd4"] == pytest.approx(25.0) and rows[0]["pgd2"] == pytest.approx(50.0)
     assert rows[0]["clean"] == pytest.approx(90.0)
     assert studies.pgd_rows(source, "clustr", "paper", steps=[4])[0]["pgd4"] == pytest.approx(60.0)
+    iterate = studies.pgd_rows(source, "clustr", "ce", rule="any_iterate")[0]
+    assert iterate["pgd4"] == pytest.approx(20.0) and iterate["rule"] == "any_iterate"
     assert not source.computed and not source.loaded
     with pytest.raises(LookupError, match="not recorded"):
         studies.pgd_rows(source, "clustr", "ce", eps=16 / 255)
+    with pytest.raises(LookupError, match="not recorded"):
+        studies.pgd_rows(source, "clustr", "ce", rule="any_restart")

@@ -404,3 +404,17 @@ def test_interrupted_official_recipe_run_resumes_to_the_same_weights_and_cluster
     assert torch.equal(index1.centroids_, index2.centroids_)
     assert index1.variance_ == index2.variance_ and h1.loss == h2.loss
     assert all(np.isfinite(h1.loss)) and max(h1.loss) < 12.5 + 2.0 * 10 + 18.5
+
+
+def test_the_official_head_qtrades_term_is_torchs_kl_div_on_probabilities(rng):
+    import numpy as np
+
+    from clustr_lib.train import qtrades_term
+
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    log_p, log_q = torch.tensor(a).log_softmax(1), torch.tensor(b).log_softmax(1)
+    p, q = np.exp(log_p.numpy()), np.exp(log_q.numpy())
+    expected = (p * (np.log(p) - q)).mean()  # F.kl_div(input=q, target=p), mean over elements
+    assert float(qtrades_term(log_q, log_p, "official_kl")) == pytest.approx(expected, rel=1e-10)
+    # bounded: at most max(p log p) − min(p q), whatever the adversary does
+    assert abs(float(qtrades_term(torch.full_like(log_q, -50.0), log_p, "official_kl"))) < 1.0
