@@ -1,4 +1,6 @@
-"""``python -m clustr_lib run|build``: the papermill batch and the book build."""
+"""``python -m clustr_lib run|build|record``: the papermill batch, the book build, and the
+recording of a digits32 study's runs (resumable: recorded runs are read, an interrupted run
+resumes from its checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import argparse
 import sys
 
 from . import book
+from .sources import STUDIES, study_sources
 
 
 def main(argv=None) -> int:
@@ -20,10 +23,18 @@ def main(argv=None) -> int:
     run.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
     build = sub.add_parser("build", help="build the Jupyter Book (warnings are errors)")
     build.add_argument("--no-strict", action="store_true", help="do not fail on warnings")
+    record = sub.add_parser("record", help="train (or read) every run of a recorded study")
+    record.add_argument("study", choices=sorted(STUDIES), help="the study")
+    record.add_argument("--device", default="auto", help="cpu, cuda, … (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             book.run(args.profile, args.only)
+            return 0
+        if args.command == "record":
+            for source in study_sources(args.study, book.ROOT, args.device):
+                records = source.runs()
+                print(f"{source.label}: {len(records)} runs recorded in {source.results_dir}")
             return 0
         return book.build(strict=not args.no_strict)
     except (book.PlanError, RuntimeError) as err:

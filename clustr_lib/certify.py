@@ -92,16 +92,6 @@ def spectral_norm(weight) -> float:
     return float(torch.linalg.matrix_norm(weight, ord=2))
 
 
-def mlp_lipschitz_upper_bound(mlp: nn.Module) -> float:
-    """Product of the layers' spectral norms: an upper bound on an MLP's ℓ2 Lipschitz constant.
-
-    Accepts an ``nn.Sequential`` (nested ones too) of ``nn.Linear`` and 1-Lipschitz
-    activations (``ReLU``, ``LeakyReLU`` with slope ≤ 1, ``Identity``, ``Flatten``); the
-    rules are those of :func:`lipschitz_upper_bound`.
-    """
-    return lipschitz_upper_bound(mlp)
-
-
 @torch.no_grad()
 def minimal_adversarial_distance_2d(
     predict,

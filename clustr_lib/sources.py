@@ -69,6 +69,7 @@ class Source:
     at_scale: bool
     data: object
     record_only: bool = False  # raise instead of computing an evaluation that is not recorded
+    only_methods: list | None = None  # a study variant trains only these
     train_devices: set = field(default_factory=set)  # devices that trained the runs read
     eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
     computed: list = field(default_factory=list)  # "label: file" of evaluations computed here
@@ -84,7 +85,7 @@ class Source:
         """Methods with runs here: those of the paper's table for its dataset (chapters 3–5
         train exactly those), all seven for the digits32 study."""
         if self.paper_dataset is None:
-            return list(protocol.METHODS)
+            return list(self.only_methods or protocol.METHODS)
         reported = paper.accuracy_table(self.paper_dataset)
         return [m for m, name in protocol.METHODS.items() if name in reported]
 
@@ -242,20 +243,42 @@ def paper_source(
     )
 
 
+STUDIES = {  # the recorded CPU studies on digits32: name → (definition, label)
+    "digits32": (protocol.DIGITS32_STUDY, "digits32 study"),
+    "digits32-official": (protocol.DIGITS32_OFFICIAL, "digits32 study, official protocol"),
+}
+
+
+def study_sources(name: str, repo_root=".", device="auto") -> list[Source]:
+    """A recorded digits32 study (:data:`STUDIES`) and each of its variants, as sources: our
+    measurements at CPU scale, never a reproduction of a paper number. Each variant (e.g.
+    ClusTR + QTRADES in our ``logprob`` form) is recorded in ``<results>-<variant>``."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
+    study, label = STUDIES[name]
+    variants = {None: {"overrides": {}, "methods": None}, **study.get("variants", {})}
+    return [
+        Source(
+            label=label if variant is None else f"{label}, {variant} variant",
+            dataset="digits32",
+            paper_dataset=None,
+            settings=protocol.settings("digits32", {**study["overrides"], **spec["overrides"]}),
+            seeds=study["seeds"],
+            results_dir=Path(repo_root)
+            / "results"
+            / (study["results"] if variant is None else f"{study['results']}-{variant}"),
+            at_scale=False,
+            data=images("digits32", device=device),
+            only_methods=spec["methods"],
+        )
+        for variant, spec in variants.items()
+    ]
+
+
 def digits32_study(repo_root=".", device="auto") -> Source:
-    """Chapter 6's recorded study: 7 methods x 3 seeds on digits32 (our measurement, not a
-    reproduction of a paper number)."""
-    study = protocol.DIGITS32_STUDY
-    return Source(
-        label="digits32 study",
-        dataset="digits32",
-        paper_dataset=None,
-        settings=protocol.settings("digits32", study["overrides"]),
-        seeds=study["seeds"],
-        results_dir=Path(repo_root) / "results" / study["results"],
-        at_scale=False,
-        data=images("digits32", device=device),
-    )
+    """Chapter 6's recorded study, the one chapters 6–11 read: 7 methods x 3 seeds on digits32
+    (our measurement, not a reproduction of a paper number)."""
+    return study_sources("digits32", repo_root, device)[0]
 
 
 def chapter_sources(datasets, *, study: bool = True, repo_root=".", **scale) -> list[Source]:

@@ -22,13 +22,15 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.2f} ± {values.std():.2f}"
 
 
-def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
-    """Table 1/3 layout (chapters 3–5): per method of the paper's table, the paper's value, ours
-    (mean ± sd over seeds of :func:`clustr_lib.studies.runs_frame`; "not run" where we have no
-    run) and the difference of the means, for natural, PGD-20 and PGD-100 accuracy (the
-    paper's objective)."""
+def paper_vs_ours(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Table 1/3 layout (chapters 3–5): per method of the paper's table for ``dataset``, the
+    paper's value, ours (mean ± sd over seeds of :func:`clustr_lib.studies.runs_frame`; "not
+    run" where we have no run) and the difference of the means, for natural, PGD-20 and
+    PGD-100 accuracy (the paper's objective), and where the paper's row comes from
+    (:data:`clustr_lib.paper.BASELINE_SOURCES`; the warm start's accuracy of its footnote)."""
     rows = []
-    for method, reported in paper_table.items():
+    sources = paper.BASELINE_SOURCES.get(dataset, {})
+    for method, reported in paper.accuracy_table(dataset).items():
         ours = frame[frame["method"] == method]
         row = {"method": method}
         for name, column in COLUMNS.items():
@@ -36,6 +38,12 @@ def paper_vs_ours(frame: pd.DataFrame, paper_table: dict) -> pd.DataFrame:
             row[(name, "ours")] = _mean_sd(ours[column]) if len(ours) else "not run"
             row[(name, "Δ")] = (
                 round(ours[column].mean() - reported[name], 2) if len(ours) else np.nan
+            )
+        row[("the paper's row", "source")] = sources.get(method, "the paper's ResNet-18")
+        if method == "Nominal Training" and dataset in paper.WARM_START_ACCURACY:
+            row[("the paper's row", "source")] += (
+                f"; ClusTR's warm start: {paper.WARM_START_ACCURACY[dataset]:.0f}% "
+                "(the paper's footnote)"
             )
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from .certify import (
     certified_accuracy,
     certified_radius,
+    lipschitz_upper_bound,
     max_jacobian_norm,
     minimal_adversarial_distance_2d,
-    mlp_lipschitz_upper_bound,
     nearest_cluster_predict,
 )
 from .checks import progress_enabled
@@ -116,7 +116,7 @@ def lipschitz_two_ways(model: Trained2D, x: torch.Tensor, margin: float, n: int 
     grid over the data region grown by ``margin`` (tight, valid inside that region)."""
     grid, _ = input_grid(x, margin, n)
     return {
-        "product_bound": mlp_lipschitz_upper_bound(model.embedder),
+        "product_bound": lipschitz_upper_bound(model.embedder),
         "grid_jacobian": max_jacobian_norm(model.embedder, grid),
     }
 
@@ -139,11 +139,6 @@ def exact_distances_2d(
     return minimal_adversarial_distance_2d(
         model.predict, x, max_radius=max_radius, n_angles=n_angles, n_radii=n_radii
     ).float()
-
-
-def robust_curve(exact: torch.Tensor, correct: torch.Tensor, thresholds) -> np.ndarray:
-    """Exact robust accuracy at each radius: correct and minimal distance above ``r``."""
-    return certified_accuracy(exact, correct, thresholds)
 
 
 METHODS_2D = {False: "Magnet (random init)", True: "ClusTR (warm start)"}
@@ -176,13 +171,13 @@ def warm_start_study(
     runs = [(seed, warm) for seed in range(seeds) for warm in (False, True)]
     for seed, warm in tqdm(runs, desc="2-D runs", disable=not progress):
         model = train_2d(x_train, y_train, warm_start=warm, seed=seed, **train_kwargs)
-        lipschitz = mlp_lipschitz_upper_bound(model.embedder)
+        lipschitz = lipschitz_upper_bound(model.embedder)
         radius = radii_2d(model, x_test, lipschitz)
         correct = model.predict(x_test) == y_test
         exact = exact_distances_2d(model, x_test[:n_exact], exact_radius, n_angles, n_radii)
         method = METHODS_2D[warm]
         curves[method]["certified"].append(certified_accuracy(radius, correct, thresholds))
-        curves[method]["exact"].append(robust_curve(exact, correct[:n_exact], thresholds))
+        curves[method]["exact"].append(certified_accuracy(exact, correct[:n_exact], thresholds))
         rows.append(
             {
                 "method": method,
@@ -272,7 +267,7 @@ class CertificateStudy:
             self.label(k): certified_accuracy(r[searched], correct, thresholds)
             for k, r in self.radius.items()
         }
-        return thresholds, robust_curve(self.exact, correct, thresholds), certified
+        return thresholds, certified_accuracy(self.exact, correct, thresholds), certified
 
 
 def certificate_study(

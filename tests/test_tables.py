@@ -85,8 +85,11 @@ def test_benchmark_tables_read_the_runs_frame():
             ("cifar10", "Nominal Training", 0, 95.0, 0.0, 0.0, 0.006),
         ]
     )
-    table = tables.paper_vs_ours(runs, paper.TABLE1["cifar10"])
+    table = tables.paper_vs_ours(runs, "cifar10")
     row = table.loc["ClusTR + QTRADES"]
+    assert "WRN-34-10" in table.loc["TRADES", ("the paper's row", "source")]
+    assert "90%" in table.loc["Nominal Training", ("the paper's row", "source")]
+    assert table.loc["ClusTR + QTRADES", ("the paper's row", "source")] == "the paper's ResNet-18"
     assert row[("natural", "paper")] == 91.03 and row[("natural", "ours")] == "91.00 ± 1.41"
     assert row[("pgd20", "ours")] == "73.00 ± 2.83"  # 71 and 75
     assert row[("pgd100", "Δ")] == pytest.approx(72.0 - 74.04)
