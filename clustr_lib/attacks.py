@@ -147,6 +147,12 @@ def _check_attack_inputs(x, y, eps, norm):
     check_choice(norm, "norm", NORMS)
     if not torch.is_tensor(x) or not x.is_floating_point():
         raise TypeError("x must be a floating tensor of inputs in [0, 1]")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):  # NaN compares false with both bounds below
+        raise ValueError(
+            f"inputs must be finite and lie in [0, 1]: {int((~finite).sum())} of {x.numel()} "
+            f"values are NaN or infinite"
+        )
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
         raise ValueError("inputs must lie in [0, 1]; models normalise internally")
     y = as_label_tensor(y, "y", x.shape[0]).to(x.device)

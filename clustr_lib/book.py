@@ -14,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import papermill
 import yaml
+from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from .report import write_summary
@@ -29,6 +31,10 @@ DEFAULT_PROFILE = "smoke"
 # the runner passes `profile` and `output_dir` to every notebook, and these to those that
 # declare them
 OPTIONAL_RUNNER_PARAMETERS = {"repo_root": str(ROOT)}
+# ``run`` removes ``*.tmp`` files under the output folder not modified for this long: temporary
+# files of killed runs (``.<name>.<random>.tmp`` of an atomic write, a checkpoint's
+# ``.<name>.tmp``); a younger one may be another process's write in flight
+STALE_TEMP_SECONDS = 600
 
 
 class PlanError(ValueError):
@@ -36,12 +42,50 @@ class PlanError(ValueError):
 
 
 def load_profiles(path: Path = PROFILES) -> dict:
-    """``{profile: {chapter: {parameter: value}}}`` from the profiles file."""
-    with open(path) as handle:
-        profiles = yaml.safe_load(handle) or {}
+    """``{profile: {chapter: {parameter: value}}}`` from the profiles file.
+
+    A file that cannot be read, is not YAML, or is not shaped so (a profile that is a list, a
+    chapter's parameters that are not a mapping, names that are not strings) is a
+    :class:`PlanError` naming the file and what is wrong. An empty profile or chapter is ``{}``.
+    """
+    try:
+        with open(path) as handle:
+            profiles = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such file (the profiles file)") from None
+    except OSError as err:
+        raise PlanError(f"{path}: cannot read the profiles file ({err})") from None
+    except yaml.YAMLError as err:
+        raise PlanError(f"{path} is not valid YAML: {err}") from None
+    profiles = {} if profiles is None else profiles
     if not isinstance(profiles, dict):
-        raise PlanError(f"{path} must map profile names to chapters")
-    return profiles
+        raise PlanError(f"{path} must map profile names to chapters, got {type(profiles).__name__}")
+    checked = {}
+    for name, settings in profiles.items():
+        if not isinstance(name, str):
+            raise PlanError(f"{path}: profile names must be strings, got {name!r}")
+        settings = {} if settings is None else settings
+        if not isinstance(settings, dict):
+            raise PlanError(
+                f"{path}: profile {name!r} must map chapters to parameters, "
+                f"got {type(settings).__name__}"
+            )
+        checked[name] = {}
+        for chapter, params in settings.items():
+            where = f"{path}: profile {name!r}, chapter {chapter!r}"
+            if not isinstance(chapter, str):
+                raise PlanError(f"{path}: profile {name!r}: chapter names must be strings")
+            params = {} if params is None else params
+            if not isinstance(params, dict):
+                raise PlanError(
+                    f"{where}: parameters must be a mapping of names to values, "
+                    f"got {type(params).__name__}"
+                )
+            bad = [key for key in params if not isinstance(key, str)]
+            if bad:
+                raise PlanError(f"{where}: parameter names must be strings, got {bad[0]!r}")
+            checked[name][chapter] = params
+    return checked
 
 
 def chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
@@ -112,6 +156,9 @@ def run(
     """
     steps = plan(profile, only, notebooks, profiles_path, output_dir)
     out = sys.stdout if out is None else out
+    removed = remove_stale_temporaries(output_dir)
+    if removed:
+        print(f"removed {len(removed)} stale temporary file(s) under {output_dir}", file=out)
     output_dir.mkdir(parents=True, exist_ok=True)
     interactive = sys.stderr.isatty()
     timings = []
@@ -122,6 +169,20 @@ def run(
                 _execute(chapter, params, profile, notebooks, output_dir, interactive, out)
             )
     return timings
+
+
+def remove_stale_temporaries(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the ``*.tmp`` files under ``folder`` (recursively) not modified for
+    ``older_than`` seconds: what killed runs left behind. Returns the paths removed."""
+    if not folder.is_dir():
+        return []
+    now, removed = time.time(), []
+    for path in sorted(folder.rglob("*.tmp")):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if path.is_file() and now - path.stat().st_mtime > older_than:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -160,21 +221,79 @@ def _execute(chapter, params, profile, notebooks, output_dir, interactive, out):
             f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
             f"the partly executed notebook is {target}"
         ) from None
+    except DeadKernelError as err:
+        raise RuntimeError(
+            f"{chapter}.ipynb: the kernel died ({err}), out of memory or killed?\n"
+            f"the partly executed notebook is {target}"
+        ) from None
     seconds = time.perf_counter() - start
     print(f"{chapter:<32} {profile:<8} {seconds:7.1f} s", file=out, flush=True)
     return chapter, seconds
 
 
-def build(root: Path = ROOT, strict: bool = True) -> int:
+def _unfinished(path: Path) -> str | None:
+    """Why the executed copy at ``path`` is not a complete run (``None``: it is)."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:  # a truncated write of a killed run: any parse error
+        return f"cannot be read ({type(err).__name__}: {err})"
+    meta = nb.metadata.get("papermill")
+    if not meta:
+        return "was not executed by the runner (no papermill metadata)"
+    if meta.get("exception"):
+        return "failed (a cell raised an error)"
+    if meta.get("end_time") is None:
+        return "did not finish (papermill's end_time is unset: the run was killed)"
+    for number, cell in enumerate(nb.cells, 1):
+        if (
+            cell.cell_type == "code"
+            and cell.source.strip()
+            and "skip-execution" not in cell.metadata.get("tags", [])
+            and cell.get("execution_count") is None
+        ):
+            first = cell.source.strip().splitlines()[0]
+            return f"stopped early: cell {number} (`{first}`) was never executed (the kernel died?)"
+    return None
+
+
+def unfinished_chapters(executed: Path, names) -> dict[str, str]:
+    """``{chapter: why}`` for the executed copies of ``names`` in ``executed`` that a killed,
+    failed or crashed ``run`` left behind (papermill writes the copy as it goes).
+
+    From papermill's own records in the notebook: ``metadata.papermill.exception`` (a failing
+    cell), ``metadata.papermill.end_time`` (set only when the run ends), and every non-empty
+    code cell's ``execution_count`` (``None`` for a cell never reached, e.g. after the kernel
+    died, when papermill still closes the notebook).
+    """
+    found = {name: _unfinished(executed / f"{name}.ipynb") for name in names}
+    return {name: why for name, why in found.items() if why is not None}
+
+
+def build(
+    root: Path = ROOT,
+    strict: bool = True,
+    notebooks: Path = NOTEBOOKS,
+    executed: Path = EXECUTED,
+) -> int:
     """Write the summary page from the chapters' results (:func:`clustr_lib.report.write_summary`),
     then ``jupyter-book build --all`` of the book at ``root`` (a full rebuild, so no warning
-    hides in an incremental one); warnings are errors when ``strict``."""
-    missing = [c for c in chapters() if not (EXECUTED / f"{c}.ipynb").exists()]
+    hides in an incremental one); warnings are errors when ``strict``.
+
+    Refuses (:class:`PlanError`, before writing anything) a chapter with no executed copy or
+    with one a killed, failed or crashed run left (:func:`unfinished_chapters`)."""
+    names = chapters(notebooks)
+    missing = [c for c in names if not (executed / f"{c}.ipynb").exists()]
     if missing:
         raise PlanError(
             f"no executed copy of {', '.join(missing)}; run `python -m clustr_lib run` first"
         )
-    write_summary(EXECUTED, SUMMARY)
+    unfinished = unfinished_chapters(executed, names)
+    if unfinished:
+        raise PlanError(
+            "; ".join(f"{c}.ipynb {why}" for c, why in unfinished.items())
+            + f" — run `python -m clustr_lib run --only {' '.join(unfinished)}` again"
+        )
+    write_summary(executed, executed / SUMMARY.name)
     script = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(script) if script.exists() else "jupyter-book", "build", "--all", str(root)]
     if strict:

@@ -45,6 +45,8 @@ def synthetic_2d(name: str, n_samples: int, noise: float = 0.1, seed: int = 0):
 
 def train_test_2d(name: str, n_train: int, n_test: int, noise: float = 0.1, seed: int = 0):
     """Disjoint train and test draws of :func:`synthetic_2d`, standardised together."""
+    if _as_size(n_train) is None or _as_size(n_test) is None or n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train and n_test must be positive integers, got {n_train}, {n_test}")
     x, y = synthetic_2d(name, n_train + n_test, noise, seed)
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     x, y = x[order], y[order]
@@ -65,6 +67,45 @@ AUGMENT = {"cifar10": True, "cifar100": True, "svhn": False, "digits32": False}
 
 class DatasetUnavailable(RuntimeError):
     """The dataset is not on disk and could not be downloaded."""
+
+
+def _as_size(value) -> int | None:
+    """``value`` as an int if it is a whole number (not a bool), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        as_int = int(value)
+    except (TypeError, ValueError):
+        return None
+    return as_int if as_int == value else None
+
+
+def _check_size(value, name: str) -> int | None:
+    """A subset size: ``None`` (everything) or a positive integer."""
+    if value is None:
+        return None
+    size = _as_size(value)
+    if size is None or size < 1:
+        raise ValueError(f"{name} must be a positive integer (or None for all), got {value!r}")
+    return size
+
+
+def _checked_labels(x, y, what: str) -> torch.Tensor:
+    """``y`` as int64 labels, one per input of ``x``, in ``[0, ∞)``; ``x`` not empty."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{what} labels must be integers in [0, num_classes), got {y.dtype}")
+    y = y.to(torch.long)
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(
+            f"{len(x)} {what} {'images' if x.ndim == 4 else 'inputs'} but "
+            f"{len(y) if y.ndim == 1 else tuple(y.shape)} labels"
+        )
+    if len(x) == 0:
+        raise ValueError(f"the {what} set is empty")
+    if int(y.min()) < 0:
+        raise ValueError(f"{what} labels must be integers in [0, num_classes), got {int(y.min())}")
+    return y
 
 
 class ImageData:
@@ -94,11 +135,12 @@ class ImageData:
                 raise ValueError(
                     f"images must be uint8 [N, 3, 32, 32], got {x.dtype} {tuple(x.shape)}"
                 )
+        y_train = _checked_labels(x_train, y_train, "training")
+        y_test = _checked_labels(x_test, y_test, "test")
         self.name = name
         self.device = torch.device(device)
         self.x_train, self.x_test = x_train.to(self.device), x_test.to(self.device)
-        self.y_train = torch.as_tensor(y_train, dtype=torch.long).to(self.device)
-        self.y_test = torch.as_tensor(y_test, dtype=torch.long).to(self.device)
+        self.y_train, self.y_test = y_train.to(self.device), y_test.to(self.device)
         self.num_classes = int(max(self.y_train.max(), self.y_test.max())) + 1
         self.augment = AUGMENT.get(name, False) if augment is None else bool(augment)
         self.flip = bool(flip)
@@ -198,6 +240,10 @@ def load_images(
     horizontal flips of the training batches (see :class:`ImageData`).
     """
     check_choice(name, "image dataset", IMAGE_DATASETS)
+    train_size, test_size = (
+        _check_size(train_size, "train_size"),
+        _check_size(test_size, "test_size"),
+    )
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     splits = []
     for train in (True, False):
@@ -227,9 +273,14 @@ class TensorData:
     flip = False
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
-        self.x_train, self.y_train = x, torch.as_tensor(y, dtype=torch.long).to(x.device)
+        y = _checked_labels(x, y, "training")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):  # NaN would train to NaN losses
+            raise ValueError(
+                f"inputs must be finite: {int((~finite).sum())} of {x.numel()} values are "
+                f"NaN or infinite"
+            )
+        self.x_train, self.y_train = x, y.to(x.device)
         self.device = x.device
         self.num_classes = int(self.y_train.max()) + 1
 

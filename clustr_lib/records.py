@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import sklearn
 import torch
 
 from . import __version__
+from .files import atomic_write
 
 
 def device_name(device: torch.device | str | None = None) -> str:
@@ -98,19 +98,10 @@ def to_plain(value):
 
 
 def save_json(path, data: dict) -> Path:
-    """Write ``data`` as JSON atomically: a killed run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(to_plain(data), handle, indent=2, allow_nan=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as JSON atomically (:func:`clustr_lib.files.atomic_write`): a killed run
+    never leaves a half-written file, two writers never share a temporary."""
+    text = json.dumps(to_plain(data), indent=2, allow_nan=True) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_json(path) -> dict:
@@ -180,6 +171,7 @@ class RunRecord:
     training: dict
     provenance: dict
     attack_seconds: dict = field(default_factory=dict)
+    weights_sha256: str | None = None  # of models/<run>.pt, verified when the model is loaded
 
     @property
     def method(self) -> str:
@@ -209,6 +201,7 @@ class RunRecord:
             },
             "training": self.training,
             "attack_seconds": self.attack_seconds,
+            "weights_sha256": self.weights_sha256,
             "provenance": self.provenance,
         }
 
@@ -225,6 +218,7 @@ class RunRecord:
             training=data["training"],
             provenance=data["provenance"],
             attack_seconds=data.get("attack_seconds", {}),
+            weights_sha256=data.get("weights_sha256"),
         )
 
 

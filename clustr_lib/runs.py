@@ -8,8 +8,9 @@ to it in ``models/``. Training resumes from a checkpoint after an interruption.
 
 from __future__ import annotations
 
-import os
+import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,9 +21,18 @@ from .attacks import predict
 from .checks import progress_enabled
 from .classify import ClusterClassifier, ClusterModel
 from .evaluations import pgd_accuracy
+from .files import (
+    atomic_write,
+    check_writable,
+    lock,
+    move_aside,
+    remove_temporaries,
+    sha256_file,
+)
 from .models import WithHead, resnet18_embedder
 from .records import (
     RunRecord,
+    config_hash,
     data_identity,
     load_run,
     provenance,
@@ -30,7 +40,7 @@ from .records import (
     save_json,
     to_plain,
 )
-from .train import seed_everything, train_cross_entropy, train_magnet
+from .train import Checkpoint, seed_everything, train_cross_entropy, train_magnet
 
 
 def run_config(dataset: str, method: str, seed: int, settings: dict, data=None) -> dict:
@@ -139,7 +149,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     ``(model, training)``: the evaluation model and ``{"seconds", "stages", ...}``.
     """
     method, device = config["method"], data.y_train.device
-    ckpt = Path(models_dir) / f".{record_path('.', config).stem}.ckpt"
+    ckpt = Checkpoint(Path(models_dir) / f".{record_path('.', config).stem}.ckpt")
     seed_everything(config["seed"])
     model = build_model(config, data).to(device)
     stages = {}
@@ -176,7 +186,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
             qtrades_eps=config["qtrades_eps"],
             qtrades_step=config["qtrades_step"],
             qtrades_loss=config["qtrades_loss"],
-            checkpoint=ckpt,
+            checkpoint=ckpt.path,
             progress=progress,
             **magnet_recipe(config, epochs),
         )
@@ -201,24 +211,30 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
             seed=config["seed"],
             step=step,
             step_args=step_args,
-            checkpoint=ckpt,
+            checkpoint=ckpt.path,
             progress=progress,
             flip=config["flip"],
         )
         stages[step] = history.seconds
         final = model
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
-    target = model_path(config, models_dir)
-    tmp = target.with_suffix(".tmp")
-    torch.save({"model": final.state_dict()}, tmp)
-    os.replace(tmp, target)
-    ckpt.unlink(missing_ok=True)
-    final.eval()
-    return final, {
+    training = {
         "seconds": sum(stages.values()),
         "stages": stages,
         "final_train_accuracy": history.accuracy[-1] if history.accuracy else None,
     }
+    if method in protocol.CLUSTER_METHODS:  # M as trained (the protocol's, capped)
+        training["clusters_per_batch"] = protocol.clusters_per_batch(config, data.num_classes)
+    # the weights carry what the record needs besides the evaluation: a run killed while
+    # being evaluated is evaluated again from them, never retrained
+    payload = {
+        "model": final.state_dict(),
+        "training": json.dumps(training),
+        "config_hash": config_hash(config),
+    }
+    atomic_write(model_path(config, models_dir), lambda tmp: torch.save(payload, tmp))
+    ckpt.clear()
+    final.eval()
+    return final, training
 
 
 def protocol_objectives(config: dict) -> list[str]:
@@ -256,33 +272,80 @@ def evaluate(model, data, config: dict) -> tuple[dict, dict]:
 def run(config: dict, data, *, results_dir, models_dir, force=False, progress=None) -> RunRecord:
     """The record of ``config``: read from ``results_dir`` if there (and not ``force``), else
     trained, evaluated and recorded with its provenance. (``force`` recomputes this run only:
-    a ClusTR run still starts from its recorded warm start.)"""
+    a ClusTR run still starts from its recorded warm start.)
+
+    Safe to call from several processes at once: each run is trained under its own lock
+    (``models/.<run>.lock``), so a second caller waits and then reads the first one's record.
+    The folders are checked writable before any training; weights saved by a process killed
+    while evaluating are evaluated, not retrained (unless ``force``).
+    """
     if not force:
         cached = load_run(config, results_dir)
         if cached is not None:
             return cached
-    start = time.perf_counter()
-    model, training = train_run(
-        config, data, results_dir=results_dir, models_dir=models_dir, progress=progress
-    )
-    metrics, attack_seconds = evaluate(model, data, config)
-    record = RunRecord(
-        config=config,
-        training=training,
-        attack_seconds=attack_seconds,
-        provenance=provenance(device=data.y_train.device, wall_seconds=time.perf_counter() - start),
-        **metrics,
-    )
-    save_json(record_path(results_dir, config), record.to_json())
+    check_writable(results_dir, models_dir)
+    stem = record_path(".", config).stem
+    with lock(Path(models_dir) / f".{stem}.lock"):
+        if not force:  # another process may have finished it while we waited
+            cached = load_run(config, results_dir)
+            if cached is not None:
+                return cached
+        for directory in (results_dir, models_dir):
+            remove_temporaries(directory, stem)
+        start = time.perf_counter()
+        trained = None if force else load_trained(config, data, models_dir)
+        if trained is None:
+            trained = train_run(
+                config, data, results_dir=results_dir, models_dir=models_dir, progress=progress
+            )
+        model, training = trained
+        metrics, attack_seconds = evaluate(model, data, config)
+        record = RunRecord(
+            config=config,
+            training=training,
+            attack_seconds=attack_seconds,
+            provenance=provenance(
+                device=data.y_train.device, wall_seconds=time.perf_counter() - start
+            ),
+            weights_sha256=sha256_file(model_path(config, models_dir)),
+            **metrics,
+        )
+        save_json(record_path(results_dir, config), record.to_json())
     return record
 
 
-def load_model(config: dict, data, models_dir):
-    """The trained evaluation model of a recorded run (raises if its weights are missing)."""
+def load_trained(config: dict, data, models_dir):
+    """``(model, training)`` from the weights a run saved before it was evaluated, or ``None``
+    when there are none; weights that do not load, or belong to another config, are moved
+    aside with a warning (the run is then trained again)."""
+    path = model_path(config, models_dir)
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("config_hash") != config_hash(config) or "training" not in saved:
+            raise ValueError("they were saved for another config or without their training")
+        return load_model(config, data, models_dir), json.loads(saved["training"])
+    except Exception as err:  # noqa: BLE001 - any unusable weights are set aside
+        aside = move_aside(path)
+        warnings.warn(
+            f"weights {path} are unusable ({err}); moved to {aside.name}, retraining", stacklevel=2
+        )
+        return None
+
+
+def load_model(config: dict, data, models_dir, sha256: str | None = None):
+    """The trained evaluation model of a recorded run. With ``sha256`` (the record's
+    ``weights_sha256``) the weights file is verified first: changed bytes raise
+    :class:`DamagedWeights` naming the file, never load into a different model."""
     device = data.y_train.device
-    state = torch.load(model_path(config, models_dir), map_location=device, weights_only=True)[
-        "model"
-    ]
+    path = model_path(config, models_dir)
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise DamagedWeights(
+            f"{path} does not match the SHA-256 its run recorded: the weights changed since "
+            "they were trained. Restore the file, or retrain the run (force=True)"
+        )
+    state = torch.load(path, map_location=device, weights_only=True)["model"]
     net = build_model(config, data).to(device)
     if config["method"] in protocol.CLUSTER_METHODS:
         classifier = ClusterClassifier(
@@ -294,6 +357,10 @@ def load_model(config: dict, data, models_dir):
         net = ClusterModel(net, classifier)
     net.load_state_dict(state)
     return net.eval()
+
+
+class DamagedWeights(ValueError):
+    """A recorded run's weights file no longer matches its recorded SHA-256."""
 
 
 def run_all(

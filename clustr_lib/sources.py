@@ -114,7 +114,7 @@ class Source:
 
     def model(self, record: RunRecord):
         """The trained evaluation model of a recorded run."""
-        return load_model(record.config, self.data, self.models_dir)
+        return load_model(record.config, self.data, self.models_dir, record.weights_sha256)
 
     def _check(self, method: str) -> None:
         if method not in self.methods:

@@ -26,6 +26,7 @@ from .attacks import QTRADES_FORMS, project, qtrades_adversary, soft_cross_entro
 from .checks import check_choice, check_positive, progress_enabled
 from .classify import ClusterClassifier, ClusterModel, normalised_scores
 from .data import TensorData
+from .files import atomic_write, move_aside, sha256_file
 from .magnet import (
     EPOCH_LENGTHS,
     SEED_PROBABILITIES,
@@ -58,28 +59,66 @@ def embed_all(embedder: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> t
 
 
 class Checkpoint:
-    """One file holding a run's state after its last finished epoch.
+    """A run's state after its last finished epoch, and the one before it.
 
-    Written atomically (a temporary file, then a rename), read with
-    ``torch.load(weights_only=True)``: only tensors, numbers, strings and containers.
-    ``path=None`` disables checkpointing.
+    Each file is written atomically under a unique temporary name
+    (:func:`clustr_lib.files.atomic_write`) with its SHA-256 beside it (``<file>.sha256``),
+    and read with ``torch.load(weights_only=True)``: only tensors, numbers, strings and
+    containers. On load, a file whose bytes do not match its digest, or that does not load,
+    is moved aside with a warning naming it, and the previous epoch's state (``<file>.prev``)
+    is used instead: a flipped byte or a truncated file never resumes into other weights, and a
+    run restarts from its last good state. ``path=None`` disables checkpointing.
     """
 
     def __init__(self, path=None):
         self.path = Path(path) if path is not None else None
 
+    def _pairs(self):
+        prev = self.path.with_name(self.path.name + ".prev")
+        return [(p, p.with_name(p.name + ".sha256")) for p in (self.path, prev)]
+
     def load(self) -> dict | None:
-        if self.path is None or not self.path.exists():
+        if self.path is None:
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        for path, digest in self._pairs():
+            if not path.exists():
+                continue
+            try:
+                if not digest.exists() or digest.read_text().strip() != sha256_file(path):
+                    raise ValueError("its bytes do not match the recorded SHA-256")
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is set aside
+                aside = move_aside(path)
+                digest.unlink(missing_ok=True)
+                warnings.warn(
+                    f"checkpoint {path} is damaged ({err}); moved to {aside.name}, "
+                    "resuming from the previous good state if there is one",
+                    stacklevel=2,
+                )
+        return None
 
     def save(self, state: dict) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        (current, current_sha), (prev, prev_sha) = self._pairs()
+        fresh = atomic_write(
+            self.path.with_name(self.path.name + ".new"), lambda tmp: torch.save(state, tmp)
+        )
+        digest = sha256_file(fresh)
+        if current.exists():  # the last good state becomes the previous one
+            os.replace(current, prev)
+            if current_sha.exists():
+                os.replace(current_sha, prev_sha)
+        os.replace(fresh, current)
+        atomic_write(current_sha, lambda tmp: Path(tmp).write_text(digest + "\n"))
+
+    def clear(self) -> None:
+        """Delete the checkpoint files (the run is finished and its weights saved)."""
+        if self.path is None:
+            return
+        for path, digest in self._pairs():
+            path.unlink(missing_ok=True)
+            digest.unlink(missing_ok=True)
 
 
 class _Generators:
@@ -330,6 +369,15 @@ def train_cross_entropy(
             correct += int((logits.argmax(1) == y_all[idx]).sum())
         return total / len(order), correct / len(order)
 
+    # what a step carries from batch to batch (Free AT's δ) goes into the checkpoint too:
+    # across epochs it carries on whenever the training size divides by the batch size
+    def extra_state():
+        return {key: value.detach().cpu() for key, value in carry.items()}
+
+    def restore_extra(state):
+        carry.clear()
+        carry.update({key: value.to(y_all.device) for key, value in state.items()})
+
     return _run_epochs(
         step,
         epochs,
@@ -340,6 +388,8 @@ def train_cross_entropy(
         one_epoch,
         Checkpoint(checkpoint),
         progress,
+        extra_state,
+        restore_extra,
     )
 
 

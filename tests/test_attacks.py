@@ -545,3 +545,14 @@ def test_official_qtrades_adversary_on_logits_only_clips_the_start(rng):
 def test_qtrades_adversary_rejects_an_unknown_form(cluster_model):
     with pytest.raises(ValueError, match="QTRADES form"):
         qtrades_adversary(cluster_model, torch.rand(2, 6), eps=0.1, step_size=0.1, form="paper")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_inputs_are_refused_by_the_attacks(cluster_model, bad):
+    """NaN compares false with both bounds, so a min/max check alone lets it through."""
+    x, y = torch.rand(4, 6), torch.zeros(4, dtype=torch.long)
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match=r"finite.*\[0, 1\].*1 of 24"):
+        pgd(cluster_model, x, y, eps=0.1, step_size=0.01, steps=1)
+    with pytest.raises(ValueError, match="finite"):
+        autoattack(cluster_model, x, y, eps=0.1)

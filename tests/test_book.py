@@ -1,10 +1,13 @@
 """The papermill runner: requests refused up front, failures named, the real book built
 and opened in a headless browser."""
 
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -166,3 +169,102 @@ def test_pages_render_in_a_headless_browser(built_book):
             assert page.locator("main .output.error, main .output.traceback").count() == 0, rel
             assert page.locator("main .output.stderr").count() == 0, f"{rel}: stderr output"
         chrome.close()
+
+
+# --- Broken profiles, half-run notebooks and stale temp files (issue 13) -----------------
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("smoke:\n  01_ok: {n: 2\n", "not valid YAML"),
+        ("- smoke\n- full\n", "must map profile names to chapters"),
+        ("smoke:\n  - 01_ok\n", "profile 'smoke' must map chapters to parameters, got list"),
+        ("smoke:\n  01_ok: [n, 2]\n", "'smoke', chapter '01_ok': .* a mapping .* got list"),
+        ("smoke:\n  01_ok: 3\n", "'smoke', chapter '01_ok': .* a mapping .* got int"),
+        ("smoke:\n  01_ok:\n    3: x\n", "'smoke', chapter '01_ok': parameter names .* 3"),
+    ],
+)
+def test_a_broken_or_oddly_shaped_profiles_file_is_a_plan_error(tiny_book, text, problem):
+    notebooks, profiles, out = tiny_book
+    profiles.write_text(text)
+    with pytest.raises(book.PlanError, match=rf"{re.escape(str(profiles))}.*{problem}"):
+        book.run("smoke", None, notebooks, profiles, out)
+    assert not out.exists()  # nothing ran
+    missing = profiles.with_name("nope.yml")
+    with pytest.raises(book.PlanError, match=rf"{re.escape(str(missing))}.*no such file"):
+        book.load_profiles(missing)
+
+
+def _executed(out, chapter):
+    return nbformat.read(out / f"{chapter}.ipynb", as_version=4)
+
+
+def test_build_refuses_a_notebook_left_half_run(tiny_book):
+    """papermill writes the executed copy as it goes; a killed ``run`` leaves one whose
+    ``end_time`` is unset, a dead kernel one with cells never executed, a failed cell one
+    with ``exception`` set: each is refused, by chapter name, before anything is built."""
+    notebooks, profiles, out = tiny_book
+    (notebooks / "02_fails.ipynb").unlink()
+    profiles.write_text("smoke:\n  01_ok:\n    n: 2\n")
+    book.run("smoke", ["01_ok"], notebooks, profiles, out)
+    good = _executed(out, "01_ok")
+    assert book.unfinished_chapters(out, ["01_ok"]) == {}
+
+    killed = nbformat.from_dict(good)  # as papermill saved it at the start of the last cell
+    killed.metadata.papermill.end_time = None
+    killed.cells[-1].execution_count = None
+    killed.cells[-1].metadata.papermill.status = "running"
+    nbformat.write(killed, out / "01_ok.ipynb")
+    with pytest.raises(book.PlanError, match=r"01_ok.*did not finish.*run .*again"):
+        book.build(out.parent, notebooks=notebooks, executed=out)
+
+    dead = nbformat.from_dict(good)  # the kernel died: papermill still closes the notebook
+    dead.cells[-1].execution_count = None
+    nbformat.write(dead, out / "01_ok.ipynb")
+    with pytest.raises(
+        book.PlanError, match=r"01_ok.*cell 3 \(`assert n == 2, n`\) was never executed"
+    ):
+        book.build(out.parent, notebooks=notebooks, executed=out)
+
+    failed = nbformat.from_dict(good)
+    failed.metadata.papermill.exception = True
+    nbformat.write(failed, out / "01_ok.ipynb")
+    with pytest.raises(book.PlanError, match=r"01_ok.*failed"):
+        book.build(out.parent, notebooks=notebooks, executed=out)
+    assert not (out / "summary.md").exists()  # refused before writing anything
+
+
+def test_run_removes_stale_temporary_files_of_killed_runs(tiny_book):
+    notebooks, profiles, out = tiny_book
+    stale = [out / ".01_ok.json.a1b2.tmp", out / "scratch" / "models" / ".x.pt.ckpt.tmp"]
+    fresh = out / ".02_fails.json.c3d4.tmp"  # could be another process's write in flight
+    keep = out / "scratch" / "notes.txt"
+    for path in [*stale, fresh, keep]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    old = time.time() - 2 * book.STALE_TEMP_SECONDS
+    for path in stale + [keep]:
+        os.utime(path, (old, old))
+    with pytest.raises(book.PlanError):
+        book.run("nope", None, notebooks, profiles, out)
+    assert all(p.exists() for p in stale)  # a refused request touches nothing
+    out_lines = io.StringIO()
+    book.run("smoke", ["01_ok"], notebooks, profiles, out, out=out_lines)
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and keep.exists()
+    assert "removed 2 stale temporary file(s)" in out_lines.getvalue()
+
+
+def test_a_dead_kernel_is_reported_with_the_chapter_and_left_unbuildable(tiny_book):
+    notebooks, profiles, out = tiny_book
+    write_notebook(
+        notebooks / "01_ok.ipynb",
+        'profile = "full"\noutput_dir = "."\nn = 1',
+        ["import os\nos._exit(1)", "x = 2"],
+    )
+    (notebooks / "02_fails.ipynb").unlink()
+    profiles.write_text("smoke:\n  01_ok: {}\n")
+    with pytest.raises(RuntimeError, match=r"01_ok.ipynb: the kernel died.*\n.*01_ok.ipynb"):
+        book.run("smoke", None, notebooks, profiles, out)
+    assert set(book.unfinished_chapters(out, ["01_ok"])) == {"01_ok"}

@@ -155,3 +155,51 @@ def test_train_batch_flips_only_when_asked():
     with pytest.raises(ValueError, match="images"):
         vectors = data.TensorData(torch.randn(4, 2), torch.tensor([0, 0, 1, 1]))
         vectors.train_batch(idx[:2], flip=True)
+
+
+# --- Bad sizes, counts and values refused up front (issue 13) ----------------------------
+
+
+@pytest.mark.parametrize("sizes", [{"train_size": 0}, {"train_size": -5}, {"test_size": -1}])
+def test_load_images_refuses_non_positive_sizes_before_loading(monkeypatch, sizes):
+    def never(train):
+        raise AssertionError("loaded the data before checking the sizes")
+
+    monkeypatch.setattr(data, "_digits32", never)
+    ((name, value),) = sizes.items()
+    with pytest.raises(ValueError, match=rf"{name} must be a positive integer.*got {value}"):
+        data.load_images("digits32", **sizes)
+    with pytest.raises(ValueError, match=r"train_size must be a positive integer.*got 2\.5"):
+        data.load_images("digits32", train_size=2.5)
+
+
+def test_image_data_checks_label_counts_and_refuses_empty_sets():
+    x = torch.zeros(5, 3, 32, 32, dtype=torch.uint8)
+    y = torch.arange(5)
+    with pytest.raises(ValueError, match="5 training images but 4 labels"):
+        data.ImageData("digits32", x, y[:4], x, y)
+    with pytest.raises(ValueError, match="3 test images but 5 labels"):
+        data.ImageData("digits32", x, y, x[:3], y)
+    with pytest.raises(ValueError, match="training set is empty"):
+        data.ImageData("digits32", x[:0], y[:0], x, y)
+    with pytest.raises(ValueError, match="test set is empty"):
+        data.ImageData("digits32", x, y, x[:0], y[:0])
+    with pytest.raises(ValueError, match="labels must be integers in"):
+        data.ImageData("digits32", x, y - 1, x, y)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_tensor_data_refuses_non_finite_inputs_and_empty_sets(bad):
+    x, y = torch.rand(8, 2), torch.tensor([0, 1] * 4)
+    x[3, 1] = bad
+    with pytest.raises(ValueError, match=r"inputs must be finite: 1 of 16"):
+        data.TensorData(x, y)
+    with pytest.raises(ValueError, match="training set is empty"):
+        data.TensorData(x[:0], y[:0])
+
+
+@pytest.mark.parametrize("sizes", [(-10, 50), (40, 0), (0, 40)])
+def test_train_test_2d_refuses_non_positive_sizes(sizes):
+    """``x[:n_train]``, ``x[n_train:]`` with a negative ``n_train`` would overlap the sets."""
+    with pytest.raises(ValueError, match="n_train and n_test must be positive"):
+        data.train_test_2d("moons", *sizes)

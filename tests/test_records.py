@@ -1,6 +1,7 @@
 """Results as data: atomic JSON writes, provenance, one key scheme, the typed run record."""
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -127,3 +128,12 @@ def test_a_damaged_run_record_is_reported_and_treated_as_missing(tmp_path):
         warnings.simplefilter("always")
         assert records.load_run(other, tmp_path) is None
     assert "different config" in str(caught[0].message)
+
+
+def test_records_are_readable_files_not_private_temporaries(tmp_path):
+    import stat
+
+    path = records.save_json(tmp_path / "r.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600

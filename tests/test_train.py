@@ -418,3 +418,33 @@ def test_the_official_head_qtrades_term_is_torchs_kl_div_on_probabilities(rng):
     assert float(qtrades_term(log_q, log_p, "official_kl")) == pytest.approx(expected, rel=1e-10)
     # bounded: at most max(p log p) − min(p q), whatever the adversary does
     assert abs(float(qtrades_term(torch.full_like(log_q, -50.0), log_p, "official_kl"))) < 1.0
+
+
+def test_interrupted_free_at_run_resumes_with_its_carried_perturbation(tmp_path):
+    """Free AT carries δ from batch to batch, across epochs too when the training size divides
+    by the batch size (128 = 4 × 32): the checkpoint must hold it for an exact resume."""
+    gen = torch.Generator().manual_seed(0)
+    d = data.TensorData(
+        torch.rand(128, 6, generator=gen), torch.randint(0, 3, (128,), generator=gen)
+    )
+    kwargs = dict(
+        lr=1e-2,
+        batch_size=32,
+        seed=2,
+        step="free_at",
+        step_args={"replays": 2, "eps": 0.1},
+        progress=False,
+    )
+
+    def fresh():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+    straight = fresh()
+    h1 = train_cross_entropy(straight, d, epochs=2, **kwargs)
+    train_cross_entropy(fresh(), d, epochs=1, checkpoint=tmp_path / "f.pt", **kwargs)  # "killed"
+    resumed = fresh()
+    h2 = train_cross_entropy(resumed, d, epochs=2, checkpoint=tmp_path / "f.pt", **kwargs)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert h1.loss == h2.loss
