@@ -9,6 +9,7 @@ import sys
 
 from . import book
 from .sources import STUDIES, study_sources
+from .studies import STUDY_CHAPTERS, study_evaluations
 
 
 def main(argv=None) -> int:
@@ -32,9 +33,16 @@ def main(argv=None) -> int:
             book.run(args.profile, args.only)
             return 0
         if args.command == "record":
+            params = {c: book.default_parameters(c) for c in STUDY_CHAPTERS}
             for source in study_sources(args.study, book.ROOT, args.device):
                 records = source.runs()
                 print(f"{source.label}: {len(records)} runs recorded in {source.results_dir}")
+            for source in study_sources(args.study, book.ROOT, args.device):
+                study_evaluations(source, params)
+                print(
+                    f"{source.label}: {len(source.loaded) + len(source.computed)} evaluations "
+                    f"recorded ({len(source.computed)} computed now)"
+                )
             return 0
         return book.build(strict=not args.no_strict)
     except (book.PlanError, RuntimeError) as err:

@@ -7,6 +7,7 @@ profile's parameters from ``notebooks/profiles.yml`` → papermill → executed 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import subprocess
@@ -91,6 +92,18 @@ def load_profiles(path: Path = PROFILES) -> dict:
 def chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
     """Names of the source notebooks, in book order."""
     return sorted(p.stem for p in notebooks.glob("*.ipynb"))
+
+
+def default_parameters(chapter: str, notebooks: Path = NOTEBOOKS) -> dict:
+    """The values a chapter's ``parameters`` cell sets (its ``full`` defaults), as Python
+    literals: what the chapter asks of a study when a profile changes nothing."""
+    nb = nbformat.read(notebooks / f"{chapter}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.Assign)
+    }
 
 
 def declared_parameters(notebook: Path) -> set[str]:

@@ -417,6 +417,38 @@ def masking_flags(
     return pd.DataFrame(rows).set_index(["source", "method"]).round(2)
 
 
+STUDY_CHAPTERS = (
+    "07_eps_ablation",
+    "08_d_ablation",
+    "09_adaptive_attack",
+    "10_audit",
+    "11_kmeans_nominal",
+)
+
+
+def study_evaluations(source, params: dict) -> dict:
+    """Every measurement chapters 7–11 make of a recorded study, with the chapters' own
+    parameters (``params``: chapter → its notebook's defaults,
+    :func:`clustr_lib.book.default_parameters`), as the chapters' frames. Run on a study it
+    records each evaluation once (``python -m clustr_lib record``); with ``record_only`` it
+    checks that all are recorded. A variant without nominal or ClusTR + QTRADES runs skips
+    the chapters that need them."""
+    frames = {}
+    if "clustr_qtrades" in source.methods:
+        eps, d = params["07_eps_ablation"], params["08_d_ablation"]
+        audit = params["10_audit"]
+        frames["eps"] = eps_ablation(source, eps["eps_values"], eps["objectives"])
+        frames["d_clean"], frames["d_robust"] = d_ablation(source, d["d_values"], d["objectives"])
+        frames["adaptive"] = adaptive_attack(source, params["09_adaptive_attack"]["methods"])
+        frames["attacks"] = attack_comparison(source, audit["methods"], audit["autoattack_methods"])
+        frames["gradients"] = gradient_norms(source, "clustr_qtrades", audit["gradient_objectives"])
+        frames["paths"] = attack_paths(source, "clustr_qtrades", audit["gradient_objectives"])
+        frames["certificate"] = certificate(source, ["clustr_qtrades", "clustr"])
+    if "nominal" in source.methods:
+        frames["kmeans"] = kmeans_on_nominal(source)
+    return frames
+
+
 # ---------------------------------------------------------------------------------------
 # Findings: what each chapter records per source (plain JSON, judged by clustr_lib.verdicts).
 

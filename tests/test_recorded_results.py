@@ -2,20 +2,9 @@
 (chapter 6) and their evaluations (chapters 7–11) instead of recomputing them (a changed
 configuration would silently cost an hour or more of CPU in CI)."""
 
-import ast
-
-import nbformat
 import pytest
 
 from clustr_lib import book, protocol, records, runs, sources, studies
-
-
-def notebook_defaults(name):
-    nb = nbformat.read(book.NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return {
-        node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body
-    }
 
 
 def test_every_run_of_the_digits32_study_is_recorded_with_provenance():
@@ -47,16 +36,7 @@ def study():
 
 
 def test_every_evaluation_the_chapters_make_of_the_study_is_recorded(study):
-    p = {
-        name: notebook_defaults(name)
-        for name in (
-            "07_eps_ablation",
-            "08_d_ablation",
-            "09_adaptive_attack",
-            "10_audit",
-            "11_kmeans_nominal",
-        )
-    }
+    p = {name: book.default_parameters(name) for name in studies.STUDY_CHAPTERS}
     for name, params in p.items():
         assert params["study"] is True, name
         for profile in book.load_profiles().values():  # no profile changes what the study is asked
@@ -70,25 +50,24 @@ def test_every_evaluation_the_chapters_make_of_the_study_is_recorded(study):
                 "study",
             }
             assert not changed, (name, changed)
-    eps = studies.eps_ablation(
-        study, p["07_eps_ablation"]["eps_values"], p["07_eps_ablation"]["objectives"]
-    )
-    clean, robust = studies.d_ablation(
-        study, p["08_d_ablation"]["d_values"], p["08_d_ablation"]["objectives"]
-    )
-    adaptive = studies.adaptive_attack(study, p["09_adaptive_attack"]["methods"])
-    audit = p["10_audit"]
-    attacks = studies.attack_comparison(study, audit["methods"], audit["autoattack_methods"])
-    grads = studies.gradient_norms(study, "clustr_qtrades", audit["gradient_objectives"])
-    paths = studies.attack_paths(study, "clustr_qtrades", audit["gradient_objectives"])
-    certificate = studies.certificate(study, ["clustr_qtrades", "clustr"])
-    kmeans = studies.kmeans_on_nominal(study)
+    frames = studies.study_evaluations(study, p)
     assert not study.computed and study.loaded
-    for frame in (eps, clean, robust, adaptive, attacks, grads, paths, certificate, kmeans):
+    assert set(frames) == {
+        "eps",
+        "d_clean",
+        "d_robust",
+        "adaptive",
+        "attacks",
+        "gradients",
+        "paths",
+        "certificate",
+        "kmeans",
+    }
+    for frame in frames.values():
         assert studies.seeds_of(frame) == protocol.DIGITS32_STUDY["seeds"]
     # robust accuracy never exceeds the clean accuracy of the attacked points
-    assert (eps["pgd100"] <= eps["clean"] + 1e-9).all()
-    assert (attacks["robust"] <= attacks["clean"] + 1e-9).all()
+    assert (frames["eps"]["pgd100"] <= frames["eps"]["clean"] + 1e-9).all()
+    assert (frames["attacks"]["robust"] <= frames["attacks"]["clean"] + 1e-9).all()
 
 
 def test_the_guard_refuses_to_compute_a_missing_evaluation(study):
