@@ -1,10 +1,14 @@
 """Datasets: the 2-D synthetic sets of Sec. 4.1 (Fig. 3); CIFAR-10/100 and SVHN through
-``torchvision.datasets`` and the CPU-scale stand-in ``digits32``, all held as uint8 tensors on
-the device with batched augmentation (Sec. 4.2, App. D)."""
+``torchvision.datasets``, Fashion-MNIST at 32×32×3 (``fashion32``) and the CPU-scale stand-in
+``digits32``, all held as uint8 tensors on the device with batched augmentation (Sec. 4.2,
+App. D)."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +60,25 @@ def train_test_2d(name: str, n_train: int, n_test: int, noise: float = 0.1, seed
 # ----------------------------------------------------------------------------------------
 # Image datasets (Sec. 4.2, App. D), held as uint8 tensors on the training device.
 
-IMAGE_DATASETS = ("cifar10", "cifar100", "svhn", "digits32")
+IMAGE_DATASETS = ("cifar10", "cifar100", "svhn", "fashion32", "digits32")
 # App. D: random 32x32 crops with padding 4 on CIFAR; no augmentation on SVHN. The paper
 # mentions no flips, so none are used by default; the official code also flips CIFAR-10/100
 # horizontally (``RandomHorizontalFlip`` in datasets/load_dataset.py; ``flip=True`` here).
+# fashion32 (not in the paper) is augmented as CIFAR is: crops, flips only when asked.
 # digits32 (our CPU stand-in) is not augmented: shifted digits are other digits' strokes at
 # this size.
-AUGMENT = {"cifar10": True, "cifar100": True, "svhn": False, "digits32": False}
+AUGMENT = {"cifar10": True, "cifar100": True, "svhn": False, "fashion32": True, "digits32": False}
+
+# Debian's ``dataset-fashion-mnist`` package (``apt-get install dataset-fashion-mnist``)
+# installs the four original IDX files here, gzip-recompressed: their bytes inflate to the
+# originals, but the .gz files fail torchvision's md5 check, so we inflate them ourselves.
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 class DatasetUnavailable(RuntimeError):
@@ -205,6 +221,73 @@ def _torchvision_split(name: str, root: Path, train: bool):
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
 
 
+def _gunzip(source: Path, target: Path) -> None:
+    """Inflate ``source`` into ``target`` through a temporary file next to it, renamed when
+    complete, so that an interrupted copy never leaves a truncated file behind (torchvision
+    checks only that the raw files exist)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+    try:
+        with gzip.open(source, "rb") as zipped, open(tmp, "xb") as out:
+            shutil.copyfileobj(zipped, out, length=1 << 20)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fashion_mnist_raw(root: Path) -> Path:
+    """Make ``<root>/FashionMNIST/raw/`` hold the four IDX files where a copy is at hand.
+
+    A missing file is inflated from a ``.gz`` already in that folder (however it was
+    compressed: a copy of Debian's files carried there works too), else from Debian's folder
+    :data:`FASHION_MNIST_DEBIAN`; what is still missing is left to torchvision's download.
+    Nothing is ever written outside ``root``. Returns the raw folder.
+    """
+    raw = root / "FashionMNIST" / "raw"
+    for name in FASHION_MNIST_FILES:
+        if (raw / name).is_file():
+            continue
+        for source in (raw / f"{name}.gz", FASHION_MNIST_DEBIAN / f"{name}.gz"):
+            if source.is_file():
+                raw.mkdir(parents=True, exist_ok=True)
+                _gunzip(source, raw / name)
+                break
+    return raw
+
+
+def _fashion32_unavailable(root: Path, err: Exception) -> str:
+    """What each of fashion32's three sources lacked, and how to provide one."""
+    raw = root / "FashionMNIST" / "raw"
+    missing = [n for n in FASHION_MNIST_FILES if not (raw / n).is_file()]
+    local = f"{raw} lacks {', '.join(missing)} (and their .gz)" if missing else f"{raw} has them"
+    debian = FASHION_MNIST_DEBIAN
+    if not debian.is_dir():
+        packaged = f"{debian} is absent (Debian's package dataset-fashion-mnist not installed)"
+    else:
+        absent = [f"{n}.gz" for n in FASHION_MNIST_FILES if not (debian / f"{n}.gz").is_file()]
+        packaged = f"{debian} lacks {', '.join(absent)}" if absent else f"{debian} has them"
+    return (
+        f"fashion32 (Fashion-MNIST) is not available. Its four IDX files were looked for in "
+        f"order in (1) the data folder ($CLUSTR_DATA or data_dir): {local}; (2) Debian's "
+        f"folder: {packaged}; (3) torchvision's download into {root}: failed. Last error: "
+        f"{err}. To fix: as root, apt-get install dataset-fashion-mnist; or copy the four "
+        f"files (or their .gz) into {raw}; or point $CLUSTR_DATA at a folder whose "
+        f"FashionMNIST/raw/ has them."
+    )
+
+
+def _fashion32(root: Path, train: bool):
+    """Fashion-MNIST through ``torchvision.datasets.FashionMNIST``: the 28×28 grey images
+    zero-padded to 32×32 (2 pixels each side; the background is 0) and repeated to 3 channels,
+    uint8 ``[N, 3, 32, 32]``; labels in the files' order."""
+    try:
+        _fashion_mnist_raw(root)
+        ds = tvd.FashionMNIST(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as err:  # URLError, BadGzipFile, PermissionError: OSError
+        raise DatasetUnavailable(_fashion32_unavailable(root, err)) from None
+    x = torch.nn.functional.pad(ds.data, (2, 2, 2, 2))  # uint8 [N, 32, 32], zeros around
+    return x[:, None].repeat(1, 3, 1, 1), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
 def _digits32(train: bool):
     """scikit-learn's 1,797 8×8 digits, upsampled to 32×32×3 (fixed stratified split)."""
     digits = load_digits()
@@ -232,10 +315,13 @@ def load_images(
     seed: int = 0,
     flip: bool = False,
 ) -> ImageData:
-    """Load an image dataset (``cifar10``, ``cifar100``, ``svhn`` or ``digits32``).
+    """Load an image dataset (``cifar10``, ``cifar100``, ``svhn``, ``fashion32`` or ``digits32``).
 
     CIFAR and SVHN come through ``torchvision.datasets``, downloaded on first use into
-    ``data_dir`` (default :func:`default_data_dir`). ``train_size``/``test_size`` take
+    ``data_dir`` (default :func:`default_data_dir`). ``fashion32`` is Fashion-MNIST (60,000
+    training and 10,000 test images, 10 classes) padded to 32×32×3; its files are read from
+    ``data_dir``, else inflated there from Debian's package (:data:`FASHION_MNIST_DEBIAN`),
+    else downloaded by torchvision. ``train_size``/``test_size`` take
     fixed random subsets (a seeded permutation) for small-scale runs. ``flip``: random
     horizontal flips of the training batches (see :class:`ImageData`).
     """
@@ -249,6 +335,8 @@ def load_images(
     for train in (True, False):
         if name == "digits32":
             x, y = _digits32(train)
+        elif name == "fashion32":
+            x, y = _fashion32(root, train)
         else:
             try:
                 x, y = _torchvision_split(name, root, train)

@@ -1,7 +1,9 @@
 """Image loaders read torchvision's on-disk formats written here; augmentation on the device."""
 
+import gzip
 import hashlib
 import pickle
+import struct
 from urllib.error import URLError
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import scipy.io
 import torch
 import torchvision.datasets as tvd
+import torchvision.datasets.mnist as tv_mnist
 
 from clustr_lib import data
 
@@ -203,3 +206,135 @@ def test_train_test_2d_refuses_non_positive_sizes(sizes):
     """``x[:n_train]``, ``x[n_train:]`` with a negative ``n_train`` would overlap the sets."""
     with pytest.raises(ValueError, match="n_train and n_test must be positive"):
         data.train_test_2d("moons", *sizes)
+
+
+# --- fashion32: Fashion-MNIST from IDX files written here (issue 14) ---------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX format: big-endian magic 0x0000080D (D = dims; 0x08 = uint8), dims, data."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def fashion_arrays(rng, label_offset=0):
+    """Four small Fashion-MNIST-like arrays; image 1 of the training set made by hand."""
+    arrays = {}
+    for split, n in (("train", 6), ("t10k", 4)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}-images-idx3-ubyte"] = images
+        arrays[f"{split}-labels-idx1-ubyte"] = (np.arange(n) * 3 + label_offset) % 10
+    hand = np.zeros((28, 28), dtype=np.uint8)
+    hand[0, 0], hand[0, 27], hand[27, 0], hand[5, 9] = 255, 1, 2, 77
+    arrays["train-images-idx3-ubyte"][1] = hand
+    return arrays
+
+
+def write_idx(folder, arrays, gz=True):
+    """The files as Debian ships them (gzip-recompressed: torchvision's md5 of the .gz fails)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        raw = idx_bytes(array)
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw, mtime=0))
+        else:
+            (folder / name).write_bytes(raw)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network for torchvision's download, and no Debian folder unless a test makes one."""
+
+    def no_network(url, *args, **kwargs):
+        raise URLError(f"no network for {url}")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", no_network)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", tmp_path / "no-debian")
+    monkeypatch.delenv("CLUSTR_DATA", raising=False)
+
+
+def test_fashion32_pads_to_32x32_three_channels_and_keeps_the_label_order(tmp_path, rng, offline):
+    arrays = fashion_arrays(rng)
+    write_idx(tmp_path / "FashionMNIST" / "raw", arrays, gz=False)
+    d = data.load_images("fashion32", data_dir=tmp_path)
+    assert d.x_train.shape == (6, 3, 32, 32) and d.x_test.shape == (4, 3, 32, 32)
+    assert d.x_train.dtype == torch.uint8 and d.y_train.dtype == torch.int64
+    hand = d.x_train[1]
+    assert torch.equal(hand[0], hand[1]) and torch.equal(hand[0], hand[2])  # grey, 3 channels
+    assert int(hand[0, 2, 2]) == 255 and int(hand[0, 2, 29]) == 1 and int(hand[0, 29, 2]) == 2
+    assert int(hand[0, 7, 11]) == 77 and int(hand.sum()) == 3 * (255 + 1 + 2 + 77)
+    for x, name in ((d.x_train, "train"), (d.x_test, "t10k")):
+        np.testing.assert_array_equal(
+            x[:, 1, 2:30, 2:30].numpy(), arrays[f"{name}-images-idx3-ubyte"]
+        )
+        border = x.clone()
+        border[:, :, 2:30, 2:30] = 0
+        assert int(border.max()) == 0  # zero padding, 2 pixels each side
+    assert d.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert d.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert d.augment and not d.flip  # crops as on CIFAR; flips only when asked
+    assert data.load_images("fashion32", data_dir=tmp_path, flip=True).flip
+
+
+def test_fashion32_inflates_debian_folder_into_the_data_dir(tmp_path, rng, offline, monkeypatch):
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    arrays = fashion_arrays(rng)
+    write_idx(debian, arrays)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", debian)
+    before = sorted(p.name for p in debian.iterdir())
+    d = data.load_images("fashion32", data_dir=tmp_path / "data")
+    assert d.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    np.testing.assert_array_equal(
+        d.x_train[:, 0, 2:30, 2:30].numpy(), arrays["train-images-idx3-ubyte"]
+    )
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data.FASHION_MNIST_FILES)  # no .part
+    assert (raw / "t10k-images-idx3-ubyte").read_bytes() == idx_bytes(
+        arrays["t10k-images-idx3-ubyte"]
+    )
+    assert sorted(p.name for p in debian.iterdir()) == before  # nothing written there
+
+
+def test_fashion32_reads_clustr_data_before_debian(tmp_path, rng, offline, monkeypatch):
+    ours, debians = fashion_arrays(rng), fashion_arrays(rng, label_offset=1)
+    write_idx(tmp_path / "env" / "FashionMNIST" / "raw", ours)  # a carried copy of the .gz
+    write_idx(tmp_path / "debian", debians)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", tmp_path / "debian")
+    monkeypatch.setenv("CLUSTR_DATA", str(tmp_path / "env"))
+    d = data.load_images("fashion32")
+    assert d.y_train.tolist() == ours["train-labels-idx1-ubyte"].tolist()
+    assert d.y_train.tolist() != debians["train-labels-idx1-ubyte"].tolist()
+
+
+def test_fashion32_subsets_are_seeded_rows_of_the_full_set(tmp_path, rng, offline):
+    write_idx(tmp_path / "FashionMNIST" / "raw", fashion_arrays(rng))
+    full = data.load_images("fashion32", data_dir=tmp_path)
+    sub = data.load_images("fashion32", data_dir=tmp_path, train_size=4, test_size=3, seed=2)
+    again = data.load_images("fashion32", data_dir=tmp_path, train_size=4, test_size=3, seed=2)
+    assert len(sub.x_train) == 4 and len(sub.y_test) == 3
+    assert torch.equal(sub.x_train, again.x_train) and torch.equal(sub.y_test, again.y_test)
+    for x, y in zip(sub.x_train, sub.y_train):
+        (i,) = [i for i in range(len(full.x_train)) if torch.equal(full.x_train[i], x)]
+        assert int(full.y_train[i]) == int(y)
+
+
+def test_fashion32_unavailable_names_all_three_sources(tmp_path, rng, offline, monkeypatch):
+    with pytest.raises(data.DatasetUnavailable) as err:
+        data.load_images("fashion32", data_dir=tmp_path / "empty")
+    message = str(err.value)
+    for part in (
+        "$CLUSTR_DATA or data_dir",
+        str(tmp_path / "empty" / "FashionMNIST" / "raw"),
+        "lacks train-images-idx3-ubyte",
+        f"{tmp_path / 'no-debian'} is absent",
+        "apt-get install dataset-fashion-mnist",
+        "torchvision's download",
+        "no network",
+    ):
+        assert part in message
+    partial = fashion_arrays(rng)
+    del partial["t10k-labels-idx1-ubyte"]
+    write_idx(tmp_path / "debian", partial)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", tmp_path / "debian")
+    with pytest.raises(data.DatasetUnavailable, match=r"debian lacks t10k-labels-idx1-ubyte\.gz"):
+        data.load_images("fashion32", data_dir=tmp_path / "empty")
