@@ -73,7 +73,7 @@ def test_checkpoint_write_is_atomic_and_loads_weights_only(tmp_path):
     ckpt = Checkpoint(tmp_path / "x.pt")
     ckpt.save({"a": torch.ones(2), "b": "text", "c": 3})
     assert ckpt.load()["c"] == 3
-    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt", "x.pt.sha256"]
     assert Checkpoint(None).load() is None
 
 
