@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,9 +30,20 @@ PROFILES = NOTEBOOKS / "profiles.yml"
 EXECUTED = ROOT / "book" / "chapters"
 SUMMARY = EXECUTED / "summary.md"  # generated from the chapters' JSON results at every build
 DEFAULT_PROFILE = "smoke"
-# the runner passes `profile` and `output_dir` to every notebook, and these to those that
-# declare them
-OPTIONAL_RUNNER_PARAMETERS = {"repo_root": str(ROOT)}
+CONFIG = ROOT / "_config.yml"  # the book's settings: its repository address among them
+MATHJAX = ROOT / "_mathjax" / "mathjax" / "tex-chtml.js"  # `make mathjax` fetches it from npm
+# the runner passes `profile` and `output_dir` to every notebook, and `repo_root` to those that
+# declare it: paths relative to the folder the notebook runs in, so that no page shows the
+# building machine's absolute paths
+OPTIONAL_RUNNER_PARAMETERS = ("repo_root",)
+# a chapter's entry in a profile may borrow another profile's parameters: ``{profile: full}``
+# runs it exactly as that profile does, and its page and result name that profile
+BORROW = "profile"
+# the repository a notebook names: its Colab links and its Colab cell's clone command
+_ADDRESSES = (
+    re.compile(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/"),
+    re.compile(r"git clone[^\n]*?https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?(?=[\s\"']|$)"),
+)
 # ``run`` removes ``*.tmp`` files under the output folder not modified for this long: temporary
 # files of killed runs (``.<name>.<random>.tmp`` of an atomic write, a checkpoint's
 # ``.<name>.tmp``); a younger one may be another process's write in flight
@@ -89,6 +101,46 @@ def load_profiles(path: Path = PROFILES) -> dict:
     return checked
 
 
+def repository(config: Path = CONFIG) -> dict:
+    """``{"url", "branch", "name"}`` of the book's repository: ``_config.yml``'s
+    ``repository`` section, the one setting the pages' Colab links are built from."""
+    try:
+        settings = yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PlanError(f"{config}: cannot read the book's settings ({err})") from None
+    repo = settings.get("repository") or {}
+    url = str(repo.get("url", "")).rstrip("/")
+    match = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)", url)
+    if not match:
+        raise PlanError(
+            f"{config}: repository.url must be https://github.com/OWNER/NAME, got {url!r}"
+        )
+    return {"url": url, "branch": str(repo.get("branch", "main")), "name": match.group(1)}
+
+
+def colab_url(chapter: str, config: Path = CONFIG) -> str:
+    """The Colab address of a chapter's *source* notebook (its parameters: the `full` values)."""
+    repo = repository(config)
+    return (
+        f"https://colab.research.google.com/github/{repo['name']}/blob/{repo['branch']}"
+        f"/notebooks/{chapter}.ipynb"
+    )
+
+
+def foreign_addresses(notebook: Path, config: Path = CONFIG) -> list[str]:
+    """The GitHub repositories a notebook names (its Colab cell's clone command, its links)
+    other than the book's own (:func:`repository`)."""
+    own = repository(config)["name"]
+    nb = nbformat.read(notebook, as_version=4)
+    found = {
+        m.group(1)
+        for cell in nb.cells
+        for pattern in _ADDRESSES
+        for m in pattern.finditer(cell.source)
+    }
+    return sorted(name for name in found if name != own)
+
+
 def chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
     """Names of the source notebooks, in book order."""
     return sorted(p.stem for p in notebooks.glob("*.ipynb"))
@@ -140,18 +192,42 @@ def plan(
         )
     steps = []
     for chapter in selected:
-        params = dict(settings.get(chapter) or {})
-        params.update(profile=profile, output_dir=str(output_dir))
+        params, borrowed = _chapter_parameters(profiles, profile, chapter, profiles_path)
+        params.update(profile=borrowed, output_dir=".")  # the notebook runs in output_dir
         declared = declared_parameters(notebooks / f"{chapter}.ipynb")
-        params.update({k: v for k, v in OPTIONAL_RUNNER_PARAMETERS.items() if k in declared})
+        runner = {"repo_root": os.path.relpath(ROOT, output_dir)}
+        params.update({k: runner[k] for k in OPTIONAL_RUNNER_PARAMETERS if k in declared})
         undeclared = sorted(set(params) - declared)
         if undeclared:
             raise PlanError(
                 f"{chapter}.ipynb does not declare parameter(s) "
                 f"{', '.join(undeclared)} in its 'parameters' cell"
             )
+        foreign = foreign_addresses(notebooks / f"{chapter}.ipynb")
+        if foreign:
+            raise PlanError(
+                f"{chapter}.ipynb names the repository {', '.join(foreign)}, but _config.yml's "
+                f"repository.url is {repository()['url']}: change the notebook's Colab cell"
+            )
         steps.append((chapter, params))
     return steps
+
+
+def _chapter_parameters(profiles: dict, profile: str, chapter: str, path) -> tuple[dict, str]:
+    """A chapter's parameters in ``profile`` and the profile they are (``{profile: full}``
+    borrows that profile's parameters of the chapter, and nothing else may stand beside it)."""
+    params = dict(profiles[profile].get(chapter) or {})
+    if BORROW not in params:
+        return params, profile
+    borrowed = params.pop(BORROW)
+    where = f"{path}: profile {profile!r}, chapter {chapter!r}"
+    if borrowed not in profiles or borrowed == profile:
+        raise PlanError(f"{where}: `profile: {borrowed}` names no other profile")
+    if params:
+        raise PlanError(f"{where}: `profile: {borrowed}` takes no other parameters")
+    if BORROW in (profiles[borrowed].get(chapter) or {}):
+        raise PlanError(f"{where}: profile {borrowed!r} borrows again")
+    return dict(profiles[borrowed].get(chapter) or {}), borrowed
 
 
 def run(
@@ -240,8 +316,38 @@ def _execute(chapter, params, profile, notebooks, output_dir, interactive, out):
             f"the partly executed notebook is {target}"
         ) from None
     seconds = time.perf_counter() - start
-    print(f"{chapter:<32} {profile:<8} {seconds:7.1f} s", file=out, flush=True)
+    finalise(target, chapter)
+    print(f"{chapter:<32} {params['profile']:<8} {seconds:7.1f} s", file=out, flush=True)
     return chapter, seconds
+
+
+COLAB_LINK = (
+    "[Open this chapter in Colab]({url}) — its source notebook, whose parameters are the "
+    "`full` profile's (*Runtime → Run all*); the notebook's first cell clones the book's "
+    "repository, {repo}, and works in it."
+)
+
+
+def finalise(path: Path, chapter: str) -> None:
+    """Make an executed copy read as a page: papermill's cell of injected parameters is
+    folded away (it stays in the notebook), and a link to the chapter's source notebook on
+    Colab, built from ``_config.yml`` (:func:`colab_url`), follows the title cell."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            tags.append("hide-cell")
+            cell.metadata.setdefault("mystnb", {})["code_prompt_show"] = (
+                "Show the parameters of this build"
+            )
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), None)
+    if first is not None and not any("colab-link" in c.metadata.get("tags", []) for c in nb.cells):
+        link = nbformat.v4.new_markdown_cell(
+            COLAB_LINK.format(url=colab_url(chapter), repo=repository()["url"])
+        )
+        link.metadata["tags"] = ["colab-link"]
+        nb.cells.insert(first + 1, link)
+    nbformat.write(nb, path)
 
 
 def _unfinished(path: Path) -> str | None:
@@ -305,6 +411,11 @@ def build(
         raise PlanError(
             "; ".join(f"{c}.ipynb {why}" for c, why in unfinished.items())
             + f" — run `python -m clustr_lib run --only {' '.join(unfinished)}` again"
+        )
+    if not MATHJAX.exists():
+        raise PlanError(
+            f"MathJax is missing ({MATHJAX.relative_to(ROOT)}): run `make mathjax` (it fetches "
+            "MathJax 3 from npm), so that the book's formulas render without a network"
         )
     write_summary(executed, executed / SUMMARY.name)
     script = Path(sys.executable).with_name("jupyter-book")

@@ -7,6 +7,7 @@ global id ``c * K + j``, so ``centroid_classes = arange(L).repeat_interleave(K)`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -143,6 +144,173 @@ def magnet_loss_fixed_clusters(
     return _hinged_magnet_terms(sq_dist, own, ~same_class, variance, alpha, log_eps)
 
 
+# Where ClusterIndex runs its k-means: "sklearn" (the CPU reference, scikit-learn's KMeans
+# class by class), "torch" (:func:`kmeans_torch`, every class at once on the embeddings'
+# device) or "auto" (torch for CUDA embeddings, scikit-learn otherwise).
+KMEANS_BACKENDS = ("auto", "sklearn", "torch")
+
+
+@contextlib.contextmanager
+def exact_float32(device):
+    """Float32 arithmetic as written inside the block, whatever the caller enabled: autocast
+    off, and on CUDA no TF32 in matrix products (restored afterwards). Distances computed by
+    expansion (``‖a‖² − 2a·b + ‖b‖²``) lose their small values to a 10-bit mantissa."""
+    device = torch.device(device)
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _batched_sq_distances(x, x_sq, centres):
+    """``[P, N, M]`` squared distances between ``x`` ``[P, N, d]`` (with its squared norms
+    ``x_sq`` ``[P, N]``) and ``centres`` ``[P, M, d]``, clamped at zero."""
+    cross = torch.bmm(x, centres.transpose(1, 2))
+    return (x_sq[:, :, None] - 2.0 * cross + (centres * centres).sum(2)[:, None, :]).clamp_min(0)
+
+
+def kmeans_plusplus_torch(x, sizes, k: int, restarts: int = 1, generator=None, local_trials=None):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) of ``P`` problems at once, each
+    ``restarts`` times: the first centre uniformly among a problem's points, every next one
+    by D² sampling (probability proportional to the squared distance to the nearest centre
+    chosen so far). With ``local_trials = T > 1`` each step draws ``T`` D² candidates and
+    keeps the one that lowers the potential most (scikit-learn's greedy k-means++; ``None``:
+    its ``2 + ⌊ln k⌋``); ``T = 1`` is the original algorithm.
+
+    ``x``: ``[P, N, d]``, problem ``p`` holding its points in rows ``< sizes[p]`` (the rest is
+    padding, never chosen); ``sizes``: ``[P]`` on ``x.device``, each ``>= 1``. Returns the
+    centres ``[P, R, k, d]`` and their row indices ``[P, R, k]``.
+    """
+    num, rows, dim = x.shape
+    trials = 2 + int(math.log(k)) if local_trials is None else int(local_trials)
+    valid = torch.arange(rows, device=x.device)[None, :] < sizes[:, None]  # [P, N]
+    x_sq = (x * x).sum(2)
+    last = (sizes - 1)[:, None, None]
+
+    def rows_of(index):  # [P, R, T] row indices -> [P, R, T, d] points
+        flat = index.reshape(num, -1)
+        return x.gather(1, flat[:, :, None].expand(-1, -1, dim)).view(*index.shape, dim)
+
+    def distances_to(points):  # [P, R, T, d] -> [P, R, T, N], zero on padding
+        flat = points.reshape(num, -1, dim)
+        sq = _batched_sq_distances(x, x_sq, flat).transpose(1, 2)
+        return (sq * valid[:, None, :]).view(*points.shape[:-1], rows)
+
+    u = torch.rand(num, restarts, 1, generator=generator, device=x.device, dtype=x.dtype)
+    first = (u * sizes[:, None, None]).long().minimum(last)  # [P, R, 1]
+    chosen, centres = [first], [rows_of(first)]
+    closest = distances_to(centres[0])[:, :, 0]  # [P, R, N]
+    for _ in range(1, k):
+        potential = closest.double().sum(2, keepdim=True)
+        draws = torch.rand(
+            num, restarts, trials, generator=generator, device=x.device, dtype=torch.float64
+        )
+        cumulative = closest.double().cumsum(2).contiguous()
+        candidates = torch.searchsorted(cumulative, (draws * potential).contiguous())
+        candidates = candidates.minimum(last)  # round-off can point past the last row
+        points = rows_of(candidates)  # [P, R, T, d]
+        after = torch.minimum(closest[:, :, None, :], distances_to(points))  # [P, R, T, N]
+        best = after.double().sum(3).argmin(2)  # [P, R]
+        pick = best[:, :, None]
+        chosen.append(candidates.gather(2, pick))
+        centres.append(points.gather(2, pick[:, :, :, None].expand(-1, -1, -1, dim)))
+        closest = after.gather(2, pick[:, :, :, None].expand(-1, -1, -1, rows))[:, :, 0]
+    return torch.cat(centres, 2), torch.cat(chosen, 2)
+
+
+def kmeans_torch(
+    x,
+    sizes,
+    k: int,
+    *,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    generator=None,
+    local_trials=None,
+):
+    """Lloyd's k-means with k-means++ starts (:func:`kmeans_plusplus_torch`) on ``P`` padded
+    problems at once, on their device: scikit-learn's ``KMeans(init="k-means++",
+    n_init, max_iter, tol)`` (algorithm ``lloyd``) restated batched.
+
+    Per problem and restart, as scikit-learn: the data are centred first (exact: k-means is
+    translation invariant, and the expansion of distances keeps its precision); an iteration
+    assigns every point to its nearest centre and moves each centre to its points' mean, a
+    centre left without points moving to the point farthest from its own centre (the
+    farthest ones, for several); a restart stops when no label changed or when the centres
+    moved by at most ``tol`` times the mean per-feature variance in total (squared), and ends
+    with a last assignment to its final centres; of the restarts, the one with the lowest
+    inertia is kept. All restarts and problems step together; a finished one is frozen.
+    The random stream is torch's (``generator``), not NumPy's: the same seed gives another
+    clustering than scikit-learn's, of the same quality.
+
+    ``x``: ``[P, N, d]`` float, problem ``p`` in rows ``< sizes[p]`` (``sizes >= k``).
+    Returns ``(centres [P, k, d], labels [P, N] (-1 on padding), inertia [P], iterations)``.
+    """
+    num, rows, dim = x.shape
+    sizes = sizes.to(x.device)
+    valid = torch.arange(rows, device=x.device)[None, :] < sizes[:, None]  # [P, N]
+    count = sizes.to(x.dtype)
+    mean = (x * valid[:, :, None]).sum(1) / count[:, None]
+    x = (x - mean[:, None, :]) * valid[:, :, None]
+    x_sq = (x * x).sum(2)
+    threshold = (x_sq.sum(1) / (count * dim) * tol)[:, None]  # [P, 1]: mean variance × tol
+    centres, _ = kmeans_plusplus_torch(x, sizes, k, n_init, generator, local_trials)
+    mask = valid[:, None, :, None].to(x.dtype)  # [P, 1, N, 1]
+
+    def assign(centres):  # -> labels [P, R, N], squared distance to the nearest [P, R, N]
+        sq = _batched_sq_distances(x, x_sq, centres.reshape(num, -1, dim))
+        nearest = sq.view(num, rows, n_init, k).min(3)
+        return nearest.indices.transpose(1, 2), nearest.values.transpose(1, 2)
+
+    old_labels = torch.full((num, n_init, rows), -1, dtype=torch.long, device=x.device)
+    active = torch.ones(num, n_init, dtype=torch.bool, device=x.device)
+    iterations = 0
+    for iterations in range(1, int(max_iter) + 1):  # noqa: B007 - read after the loop
+        labels, nearest = assign(centres)
+        onehot = torch.nn.functional.one_hot(labels, k).to(x.dtype) * mask  # [P, R, N, k]
+        members = onehot.sum(2)  # [P, R, k]
+        sums = torch.einsum("prnk,pnd->prkd", onehot, x)
+        # empty clusters take the points farthest from their centres, as scikit-learn's
+        # _relocate_empty_clusters_dense: the j-th empty one the j-th farthest point
+        empty = members == 0
+        far = nearest.masked_fill(~valid[:, None, :], -1.0).topk(k, dim=2).indices  # [P,R,k]
+        rank = (empty.long().cumsum(2) - 1).clamp_min(0)
+        far_row = far.gather(2, rank)  # [P, R, k]: the point each empty cluster takes
+        far_point = x.gather(1, far_row.view(num, -1, 1).expand(-1, -1, dim)).view(
+            num, n_init, k, dim
+        )
+        weight = empty.to(x.dtype)
+        source = labels.gather(2, far_row)  # the cluster it leaves
+        sums = sums.scatter_add(
+            2, source[..., None].expand(-1, -1, -1, dim), -far_point * weight[..., None]
+        )
+        members = members.scatter_add(2, source, -weight)
+        sums = torch.where(empty[..., None], far_point, sums)
+        members = torch.where(empty, torch.ones_like(members), members)
+        moved = torch.where(members[..., None] > 0, sums / members.clamp_min(1)[..., None], centres)
+        shift = ((moved - centres) ** 2).sum((2, 3))  # [P, R]
+        same = ((labels == old_labels) | ~valid[:, None, :]).all(2)
+        centres = torch.where(active[..., None, None], moved, centres)
+        old_labels = torch.where(active[..., None], labels, old_labels)
+        active = active & ~(same | (shift <= threshold))
+        if not bool(active.any()):
+            break
+    labels, nearest = assign(centres)  # the last E-step: labels of the final centres
+    inertia = (nearest * valid[:, None, :]).double().sum(2)  # [P, R]
+    best = inertia.argmin(1)  # [P]
+    take = torch.arange(num, device=x.device)
+    centres, labels, inertia = centres[take, best], labels[take, best], inertia[take, best]
+    labels = labels.masked_fill(~valid, -1)
+    return centres + mean[:, None, :], labels, inertia, iterations
+
+
 class ClusterIndex:
     """Per-class k-means (k-means++ initialisation) of the training embeddings (App. D).
 
@@ -161,6 +329,12 @@ class ClusterIndex:
             code uses 20 on CIFAR-10 and 40 on the others.
         fixed_random_state: every refresh uses ``random_state`` itself, as the official code
             does (``KMeans(random_state=1)`` at every refresh, ``utils/magnet_tools.py``).
+        kmeans_backend: :data:`KMEANS_BACKENDS`. ``"sklearn"``: scikit-learn's ``KMeans``
+            class by class on the CPU (the reference, and what every recorded run used);
+            ``"torch"``: :func:`kmeans_torch`, all classes (and restarts) at once on the
+            embeddings' device, the same algorithm and options with torch's random stream;
+            ``"auto"`` (default): torch for embeddings on a CUDA device, scikit-learn
+            otherwise, so CPU results are scikit-learn's. ``backend_`` says which one ran last.
     """
 
     def __init__(
@@ -171,11 +345,13 @@ class ClusterIndex:
         n_init: int = 1,
         max_iter: int = 300,
         fixed_random_state: bool = False,
+        kmeans_backend: str = "auto",
     ):
         if int(clusters_per_class) < 1:
             raise ValueError(f"clusters_per_class must be >= 1, got {clusters_per_class}")
         if int(n_init) < 1 or int(max_iter) < 1:
             raise ValueError(f"k-means n_init and max_iter must be >= 1, got {n_init}, {max_iter}")
+        self.kmeans_backend = check_choice(kmeans_backend, "k-means backend", KMEANS_BACKENDS)
         self.clusters_per_class = int(clusters_per_class)
         self.random_state = int(random_state)
         self.n_init, self.max_iter = int(n_init), int(max_iter)
@@ -202,7 +378,69 @@ class ClusterIndex:
         self.labels_ = labels
         self.num_classes_ = num_classes
         self.members_ = [torch.nonzero(labels == c).squeeze(1).numpy() for c in range(num_classes)]
+        self._padded = {}  # per device: the members of every class, padded, for kmeans_torch
         return self.refresh(embeddings, variance_embeddings)
+
+    def backend_for(self, embeddings) -> str:
+        """The k-means that :meth:`refresh` runs on these embeddings (``"sklearn"``/``"torch"``)."""
+        if self.kmeans_backend != "auto":
+            return self.kmeans_backend
+        return "torch" if embeddings.device.type == "cuda" else "sklearn"
+
+    def _members_padded(self, device):
+        """``[L, n_max]`` member rows of each class (padded with row 0) and the class sizes."""
+        key = str(device)
+        if key not in getattr(self, "_padded", {}):
+            sizes = torch.tensor([len(m) for m in self.members_])
+            rows = torch.zeros(self.num_classes_, int(sizes.max()), dtype=torch.long)
+            for c, members in enumerate(self.members_):
+                rows[c, : len(members)] = torch.from_numpy(members)
+            if not hasattr(self, "_padded"):
+                self._padded = {}
+            self._padded[key] = (rows.to(device), sizes.to(device))
+        return self._padded[key]
+
+    def _kmeans_sklearn(self, embeddings, state):
+        feats = embeddings.detach().cpu().numpy()
+        k = self.clusters_per_class
+        centroids = np.empty((self.num_classes_ * k, feats.shape[1]), dtype=feats.dtype)
+        assignments = np.empty(len(feats), dtype=np.int64)
+        for c, members in enumerate(self.members_):
+            km = KMeans(
+                n_clusters=k,
+                init="k-means++",
+                n_init=self.n_init,
+                max_iter=self.max_iter,
+                random_state=state,
+            )
+            local = km.fit_predict(feats[members]) if k > 1 else np.zeros(len(members), int)
+            centroids[c * k : (c + 1) * k] = (
+                km.cluster_centers_ if k > 1 else feats[members].mean(0, keepdims=True)
+            )
+            assignments[members] = c * k + local
+        return torch.from_numpy(centroids).to(embeddings.device), torch.from_numpy(assignments)
+
+    def _kmeans_torch(self, embeddings, state):
+        device, k = embeddings.device, self.clusters_per_class
+        feats = embeddings.detach()
+        dtype = feats.dtype if feats.dtype in (torch.float32, torch.float64) else torch.float32
+        rows, sizes = self._members_padded(device)
+        valid = torch.arange(rows.shape[1], device=device)[None, :] < sizes[:, None]
+        with exact_float32(device):
+            x = feats.to(dtype)[rows]  # [L, n_max, d]
+            if k == 1:
+                valid = torch.arange(rows.shape[1], device=device)[None, :] < sizes[:, None]
+                centres = ((x * valid[:, :, None]).sum(1) / sizes[:, None].to(dtype))[:, None]
+                local = torch.zeros_like(rows)
+            else:
+                generator = torch.Generator(device=device).manual_seed(state)
+                centres, local, _, _ = kmeans_torch(
+                    x, sizes, k, n_init=self.n_init, max_iter=self.max_iter, generator=generator
+                )
+        global_ids = local + k * torch.arange(self.num_classes_, device=device)[:, None]
+        assignments = torch.empty(len(feats), dtype=torch.long, device=device)
+        assignments[rows[valid]] = global_ids[valid]
+        return centres.reshape(-1, feats.shape[1]).to(feats.dtype), assignments.cpu()
 
     def refresh(self, embeddings, variance_embeddings=None) -> ClusterIndex:
         """Re-run per-class k-means on new embeddings of the same training set.
@@ -225,36 +463,24 @@ class ClusterIndex:
                     f"variance_embeddings must be shaped {tuple(embeddings.shape)}, "
                     f"got {tuple(variance_embeddings.shape)}"
                 )
-        feats = embeddings.detach().cpu().numpy()
-        k = self.clusters_per_class
         state = self.random_state + (0 if self.fixed_random_state else self.refreshes_)
-        centroids = np.empty((self.num_classes_ * k, feats.shape[1]), dtype=feats.dtype)
-        assignments = np.empty(len(feats), dtype=np.int64)
-        for c, members in enumerate(self.members_):
-            km = KMeans(
-                n_clusters=k,
-                init="k-means++",
-                n_init=self.n_init,
-                max_iter=self.max_iter,
-                random_state=state,
-            )
-            local = km.fit_predict(feats[members]) if k > 1 else np.zeros(len(members), int)
-            centroids[c * k : (c + 1) * k] = (
-                km.cluster_centers_ if k > 1 else feats[members].mean(0, keepdims=True)
-            )
-            assignments[members] = c * k + local
-        self.centroids_ = torch.from_numpy(centroids).to(embeddings.device)
+        self.backend_ = self.backend_for(embeddings)
+        if self.backend_ == "torch":
+            self.centroids_, self.assignments_ = self._kmeans_torch(embeddings, state)
+        else:
+            self.centroids_, self.assignments_ = self._kmeans_sklearn(embeddings, state)
+        k = self.clusters_per_class
         self.centroid_classes_ = torch.arange(self.num_classes_).repeat_interleave(k)
-        self.assignments_ = torch.from_numpy(assignments)
+        n = embeddings.shape[0]
         if variance_embeddings is None:
             own = embeddings.detach() - self.centroids_[self.assignments_.to(embeddings.device)]
-            self.variance_ = float((own.double() ** 2).sum() / (len(feats) - 1))
+            self.variance_ = float((own.double() ** 2).sum() / (n - 1))
         else:
             g = variance_embeddings.detach().double()
             sq = squared_distances(g, self.centroids_.to(g.device).double())
             same = (self.centroid_classes_[None, :] == self.labels_[:, None]).to(g.device)
             nearest = sq.masked_fill(~same, float("inf")).min(1).values
-            self.variance_ = float(nearest.sum() / (len(feats) - 1))
+            self.variance_ = float(nearest.sum() / (n - 1))
         self.refreshes_ += 1
         return self
 

@@ -424,6 +424,25 @@ def reduction_figure(point, centroids, classes, radii: dict):
     return fig
 
 
+def datasets_figure(datasets, n_train: int, n_test: int, noise: float, seed: int = 0):
+    """Chapter 2, Fig. 3(a), (c): the training points of each 2-D set as seed ``seed`` draws
+    them (:func:`clustr_lib.data.train_test_2d`), one panel per set side by side, coloured by
+    class, the legend below. Returns the figure."""
+    from .data import train_test_2d
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 4.8), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        (x, y), _ = train_test_2d(name, n_train, n_test, noise, seed)
+        scatter_classes(ax, x.numpy(), y.numpy(), size=6)
+        ax.set(title=f"{name}: {n_train} training points", xlabel="x₁", ylabel="x₂")
+        ax.set_aspect("equal", adjustable="datalim")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    plt.close(fig)
+    return fig
+
+
 def warm_start_figure(
     thresholds, curves: dict, certified_xlim: float | None = 0.3, colours=("tab:orange", "tab:blue")
 ):

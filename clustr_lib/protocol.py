@@ -14,7 +14,7 @@ from __future__ import annotations
 from .attacks import OBJECTIVES, PGD_RULES, QTRADES_FORMS
 from .checks import check_choice
 from .magnet import EPOCH_LENGTHS, SEED_PROBABILITIES
-from .train import QTRADES_LOSSES, VARIANCE_SOURCES
+from .train import PRECISIONS, QTRADES_LOSSES, VARIANCE_SOURCES, resolve_precision
 
 PROTOCOL = {
     "width": 64,  # ResNet-18 base width: 512-d embedding
@@ -70,6 +70,10 @@ PROTOCOL = {
     "pgd_rules": ["official", "any_iterate"],  # when PGD counts a point broken: the official
     # code's rule first (the paper's protocol), then the standard "any iterate" reading
     "eval_size": None,  # test points attacked (None: the whole test set)
+    "precision": "auto",  # training forward passes only (attacks run in float32): "auto" is
+    # bf16 autocast on a CUDA GPU (fp16 + a gradient scaler without bf16), fp32 on the CPU;
+    # or "fp32", "bf16", "fp16". The official code trains in fp32 (book/deviations.md). A run's
+    # config names its precision only when it is not fp32, so fp32 runs keep their keys
 }
 
 METHODS = {
@@ -152,6 +156,16 @@ def settings(dataset: str, overrides: dict | None = None) -> dict:
     )
 
 
+def training_precision(setting: str, device) -> str:
+    """The precision a run with the ``precision`` setting trains in on ``device``
+    (:data:`PROTOCOL`): ``"auto"`` is bf16 on CUDA and fp32 elsewhere; bf16 becomes fp16 on a
+    GPU without it (:func:`clustr_lib.train.resolve_precision`)."""
+    check_choice(setting, "precision", ("auto", *PRECISIONS))
+    if setting == "auto":
+        setting = "bf16" if str(device).startswith("cuda") else "fp32"
+    return resolve_precision(setting, device)
+
+
 def check_settings(settings: dict) -> dict:
     """Raise a clear ``ValueError`` for a protocol value no run could use, before any work."""
     choices = {
@@ -161,6 +175,7 @@ def check_settings(settings: dict) -> dict:
         "seed_probability": SEED_PROBABILITIES,
         "epoch_length": EPOCH_LENGTHS,
         "variance_from": VARIANCE_SOURCES,
+        "precision": ("auto", *PRECISIONS),
     }
     for key, allowed in choices.items():
         check_choice(settings[key], key, allowed)

@@ -9,15 +9,18 @@ provenance (git commit, device, library versions, wall time), under one key sche
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import warnings
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +68,50 @@ def git_commit() -> str:
         return "unknown"
 
 
+LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
+
+
+def lock_pins(text: str) -> dict[str, str]:
+    """``{normalised name: version}`` of a lock file's ``name==version`` lines (PEP 503 names;
+    comments and blank lines skipped)."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not version.strip():
+            raise ValueError(f"lock line {line!r} does not pin one version (name==version)")
+        pins[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
+    return pins
+
+
+@functools.cache
+def environment_lock() -> dict:
+    """The lock file the recorded results were made with (``requirements.lock``): its SHA-256
+    and whether every distribution it pins is installed at that version here (the first few
+    that are not, by name)."""
+    if not LOCK_FILE.exists():  # an installed copy of the library, outside the repository
+        return {"lock_sha256": None}
+    text = LOCK_FILE.read_text()
+    differ = []
+    for name, version in lock_pins(text).items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            differ.append(f"{name} {installed or 'missing'} (lock: {version})")
+    return {
+        "lock_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+        "matches_lock": not differ,
+        **({"differs_from_lock": differ[:5]} if differ else {}),
+    }
+
+
 def provenance(device=None, **extra) -> dict:
-    """Where a result came from: commit, device, versions, time, plus ``extra`` fields."""
+    """Where a result came from: commit, device, versions, the lock file and whether this
+    environment is the lock's (:func:`environment_lock`), time, plus ``extra`` fields."""
     return {
         "git_commit": git_commit(),
         "device": device_name(device),
@@ -77,6 +122,7 @@ def provenance(device=None, **extra) -> dict:
             "scikit-learn": sklearn.__version__,
             "python": platform.python_version(),
         },
+        "environment": environment_lock(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }

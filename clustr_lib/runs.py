@@ -47,14 +47,21 @@ def run_config(dataset: str, method: str, seed: int, settings: dict, data=None) 
     """Everything that determines a run's result, as plain JSON (hashed for the cache): the
     method, seed and protocol settings, and the identity of the ``data`` it is trained and
     evaluated on (:func:`clustr_lib.records.data_identity`), so that a run on a subset or on
-    other files is never returned for another."""
+    other files is never returned for another. The ``precision`` setting enters as the
+    precision the run trains in on the data's device, and only when that is not fp32
+    (:func:`clustr_lib.protocol.training_precision`)."""
     protocol.check_method(method)
+    settings = protocol.check_settings(dict(settings))
+    device = data.y_train.device if data is not None else "cpu"
+    precision = protocol.training_precision(settings.pop("precision"), device)
     config = {
         "dataset": dataset,
         "method": method,
         "seed": int(seed),
-        **{k: to_plain(v) for k, v in sorted(protocol.check_settings(dict(settings)).items())},
+        **{k: to_plain(v) for k, v in sorted(settings.items())},
     }
+    if precision != "fp32":  # fp32 runs keep the keys they were recorded under
+        config["precision"] = precision
     if data is not None:
         identity = data_identity(data)
         if identity["dataset"] != dataset:
@@ -149,6 +156,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     ``(model, training)``: the evaluation model and ``{"seconds", "stages", ...}``.
     """
     method, device = config["method"], data.y_train.device
+    precision = config.get("precision", "fp32")
     ckpt = Checkpoint(Path(models_dir) / f".{record_path('.', config).stem}.ckpt")
     seed_everything(config["seed"])
     model = build_model(config, data).to(device)
@@ -188,6 +196,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
             qtrades_loss=config["qtrades_loss"],
             checkpoint=ckpt.path,
             progress=progress,
+            precision=precision,
             **magnet_recipe(config, epochs),
         )
         stages["magnet"] = history.seconds
@@ -214,6 +223,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
             checkpoint=ckpt.path,
             progress=progress,
             flip=config["flip"],
+            precision=precision,
         )
         stages[step] = history.seconds
         final = model
@@ -221,9 +231,11 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
         "seconds": sum(stages.values()),
         "stages": stages,
         "final_train_accuracy": history.accuracy[-1] if history.accuracy else None,
+        "precision": precision,
     }
     if method in protocol.CLUSTER_METHODS:  # M as trained (the protocol's, capped)
         training["clusters_per_batch"] = protocol.clusters_per_batch(config, data.num_classes)
+        training["kmeans_backend"] = index.backend_for(data.y_train.new_zeros(1, 1).float())
     # the weights carry what the record needs besides the evaluation: a run killed while
     # being evaluated is evaluated again from them, never retrained
     payload = {

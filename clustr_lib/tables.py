@@ -51,6 +51,39 @@ def paper_vs_ours(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return table
 
 
+def paper_rows(dataset: str) -> pd.DataFrame:
+    """Chapters 3–5: the paper's Table 1 (or 3) for ``dataset`` as it reports it — natural,
+    PGD-20 and PGD-100 accuracy (%), the training minutes of Tables 2/5 where it gives them,
+    and where each row comes from (:data:`clustr_lib.paper.BASELINE_SOURCES`; the warm start's
+    accuracy of its footnote). No number of ours: the page's main flow in a stand-in build."""
+    minutes = paper.TRAINING_MINUTES.get(dataset, {})
+    sources = paper.BASELINE_SOURCES.get(dataset, {})
+    rows = []
+    for method, reported in paper.accuracy_table(dataset).items():
+        source = sources.get(method, "the paper's own ResNet-18 run")
+        if method == "Nominal Training" and dataset in paper.WARM_START_ACCURACY:
+            source += (
+                f"; ClusTR's warm start is another model: {paper.WARM_START_ACCURACY[dataset]:.0f}%"
+                " (the paper's footnote)"
+            )
+        rows.append(
+            {
+                "method": method,
+                "natural (%)": reported["natural"],
+                "PGD-20 (%)": reported["pgd20"],
+                "PGD-100 (%)": reported["pgd100"],
+                "training (min, GTX 1080Ti)": minutes.get(method, np.nan),
+                "where the row comes from": source,
+            }
+        )
+    table = pd.DataFrame(rows).set_index("method")
+    minutes = table["training (min, GTX 1080Ti)"]
+    if minutes.isna().all():  # the paper times no run on this dataset (CIFAR-100)
+        return table.drop(columns=minutes.name)
+    table[minutes.name] = minutes.astype("Int64")
+    return table
+
+
 def objectives_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Chapters 3–6: robust accuracy under the paper's PGD objective and under −log p_y, mean
     over seeds, with clean accuracy on the whole test set and on the attacked subset (columns
@@ -178,6 +211,8 @@ def d_ablation(
     and ``column`` accuracy per objective (attacked points), mean over seeds, from
     :func:`clustr_lib.studies.d_ablation`; the paper's best PGD-20 (App. E.4) on its row (its D)
     for the sources that have a paper dataset."""
+    labels = [s.label for s in sources]  # one block per source of ``sources``
+    clean, robust = clean[clean["source"].isin(labels)], robust[robust["source"].isin(labels)]
     table = mean_table(robust, ["source", "D"], "objective", column)
     table.columns = [_pgd_label(column, o) for o in table.columns]
     clean_means = clean.groupby(["source", "D"])["clean"].mean().round(2)
@@ -204,6 +239,7 @@ def adaptive_attack(frame: pd.DataFrame, sources, column: str = "pgd100") -> pd.
     :func:`clustr_lib.studies.adaptive_attack`, mean ± sd over seeds; first the paper's
     PGD-100 and Magnet-loss values for ClusTR + QTRADES on the sources whose dataset it
     attacks so (``—`` elsewhere)."""
+    frame = frame[frame["source"].isin([s.label for s in sources])]  # one block per source
     table = mean_sd_table(frame, ["source", "method"], "objective", column)
     table.columns = [_pgd_label(column, o) for o in table.columns]
     reported = {

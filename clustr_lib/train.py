@@ -5,10 +5,16 @@ Data stay on the training device (:class:`~clustr_lib.data.ImageData` or
 :class:`~clustr_lib.data.TensorData`); batches are drawn by index and augmented on the
 device, so no data loader and no per-sample Python work sits in the loop. Every trainer
 can checkpoint each epoch and resume an interrupted run to the same result.
+
+Losses and accuracies are summed on the device and read once per epoch (no host sync per
+step in the cross-entropy loops). ``precision`` (:data:`PRECISIONS`, default ``"fp32"``)
+runs the network's forward passes under autocast (:class:`TrainingPrecision`): the losses,
+Eq. (4) and every distance stay in float32 outside it, and evaluation never sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -32,6 +38,7 @@ from .magnet import (
     SEED_PROBABILITIES,
     ClusterIndex,
     NeighbourhoodSampler,
+    exact_float32,
     magnet_loss,
 )
 
@@ -121,6 +128,184 @@ class Checkpoint:
             digest.unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------------------------------
+# Precision and memory layout of the training forward passes.
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bf16_supported(device) -> bool:
+    """Whether ``device`` runs bfloat16 natively (CPUs: autocast supports it everywhere)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def resolve_precision(precision: str, device) -> str:
+    """The precision a run requesting ``precision`` trains in on ``device``: ``"bf16"``
+    becomes ``"fp16"`` (with a gradient scaler) on a CUDA device without bfloat16 (e.g. a T4)."""
+    check_choice(precision, "precision", PRECISIONS)
+    if precision == "bf16" and not bf16_supported(device):
+        return "fp16"
+    return precision
+
+
+def _grad_scaler(device_type: str):
+    try:
+        return torch.amp.GradScaler(device_type)
+    except (AttributeError, TypeError):  # torch < 2.3: CUDA only
+        return torch.cuda.amp.GradScaler()
+
+
+class _NetworkForward(nn.Module):
+    """``module``'s forward pass in the run's precision and layout: inputs channels-last,
+    autocast (and TF32 matrix products) inside, half outputs cast back to float32, so that
+    everything computed from them (losses, Eq. 4, distances) is float32 outside autocast.
+    Shares ``module``'s parameters and train/eval mode; never saved, never evaluated."""
+
+    def __init__(self, module: nn.Module, owner: TrainingPrecision):
+        super().__init__()
+        self.module = module
+        self.owner = owner
+        self.train(module.training)
+
+    def forward(self, x):
+        owner = self.owner
+        if owner.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with owner.autocast():
+            out = self.module(x)
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
+class TrainingPrecision:
+    """How a run's training forward passes compute: ``precision`` (:data:`PRECISIONS`) and
+    memory layout on ``device``.
+
+    * ``"fp32"`` (default): as written; on a CPU nothing at all changes.
+    * ``"bf16"``: the network's forward passes under ``torch.autocast(dtype=bfloat16)``;
+      where the device lacks bfloat16 (:func:`resolve_precision`) this becomes ``"fp16"``
+      with a warning.
+    * ``"fp16"``: autocast to float16 with a gradient scaler (``torch.amp.GradScaler``),
+      whose state goes into the checkpoint.
+
+    Only the network runs in half precision (:meth:`network`): its outputs are cast back to
+    float32, and the losses, the Magnet loss, Eq. (4), the QTRADES and TRADES terms and all
+    distances are computed from them in float32 with autocast off (:func:`exact_float32`).
+    The training-time adversaries (QTRADES, TRADES, Free AT) go through the same network
+    forward; the evaluation attacks get the plain model and never run under autocast.
+
+    ``channels_last`` (``None``: on CUDA): the network's weights and 4-D inputs in
+    channels-last layout during training (the trainers hand the model back contiguous). On
+    CUDA, :meth:`flags` also turns on ``cudnn.benchmark`` and TF32 convolutions for the run
+    (TF32 matrix products inside the network only), restored after.
+    ``name`` is the precision in use, ``requested`` the one asked for.
+    """
+
+    def __init__(self, precision: str = "fp32", device="cpu", channels_last: bool | None = None):
+        self.device = torch.device(device)
+        self.requested = check_choice(precision, "precision", PRECISIONS)
+        self.name = resolve_precision(precision, self.device)
+        if self.name != self.requested:
+            warnings.warn(
+                f"{self.device} has no bfloat16: training in fp16 with a gradient scaler",
+                stacklevel=2,
+            )
+        cuda = self.device.type == "cuda"
+        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.dtype = _HALF.get(self.name)
+        self.scaler = _grad_scaler(self.device.type) if self.name == "fp16" else None
+
+    @property
+    def plain(self) -> bool:
+        """True when nothing differs from the code as written (fp32, usual layout, CPU)."""
+        return self.dtype is None and not self.channels_last and self.device.type != "cuda"
+
+    def autocast(self):
+        """The context of a network forward: autocast to the run's half type (else none),
+        TF32 matrix products on CUDA. Its cache of half-precision weights is off: inside the
+        run's autocast-free :meth:`flags` the nesting never unwinds, so a cached copy would
+        outlive the optimiser step that changed its weights (the network would stop learning)."""
+        if self.device.type != "cuda":
+            if self.dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
+        stack = contextlib.ExitStack()
+        stack.enter_context(_matmul_tf32(True))
+        if self.dtype is not None:
+            stack.enter_context(torch.autocast("cuda", dtype=self.dtype, cache_enabled=False))
+        return stack
+
+    def network(self, module: nn.Module) -> nn.Module:
+        """``module`` itself when :attr:`plain`, else its forward in this precision and layout
+        (:class:`_NetworkForward`); converts the weights to channels-last if asked."""
+        if self.plain:
+            return module
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return _NetworkForward(module, self)
+
+    @contextlib.contextmanager
+    def flags(self):
+        """The whole run: float32 as written outside the network (:func:`exact_float32`), and on
+        CUDA ``cudnn.benchmark`` and TF32 convolutions; the previous settings restored after."""
+        if self.device.type != "cuda":
+            with exact_float32(self.device):
+                yield
+            return
+        cudnn = torch.backends.cudnn
+        before = cudnn.benchmark, cudnn.allow_tf32
+        cudnn.benchmark, cudnn.allow_tf32 = True, True
+        try:
+            with exact_float32(self.device):
+                yield
+        finally:
+            cudnn.benchmark, cudnn.allow_tf32 = before
+
+    def update(self, loss: torch.Tensor, optimizer) -> None:
+        """``zero_grad``, ``backward`` and ``step`` (through the gradient scaler in fp16)."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return {} if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def _matmul_tf32(allowed: bool):
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _update(loss, optimizer, amp) -> None:
+    """One optimiser update from ``loss`` (``amp``: a :class:`TrainingPrecision` or ``None``)."""
+    if amp is not None:
+        amp.update(loss, optimizer)
+        return
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 class _Generators:
     """The run's random streams: batch order (CPU) and augmentation/noise (device)."""
 
@@ -148,9 +333,15 @@ def _run_epochs(
     progress,
     extra_state=None,
     restore_extra=None,
+    amp: TrainingPrecision | None = None,
+    network: nn.Module | None = None,
 ) -> History:
     """Run ``one_epoch()`` (returns ``(loss, accuracy)``) ``epochs`` times, resuming from and
-    writing to ``checkpoint`` after every epoch."""
+    writing to ``checkpoint`` after every epoch (``amp``: the run's precision, whose flags
+    hold for the whole run and whose gradient scaler, if any, is checkpointed too;
+    ``network``: the module the steps call, put in training mode; default ``model``)."""
+    amp = TrainingPrecision() if amp is None else amp
+    network = model if network is None else network
     history = History()
     start_epoch, carried = 0, 0.0
     saved = checkpoint.load()
@@ -165,6 +356,7 @@ def _run_epochs(
         start_epoch, carried = int(saved["epoch"]), history.seconds
         if restore_extra is not None:
             restore_extra(saved["extra"])
+        amp.load_state_dict(saved.get("scaler", {}))
     progress = progress_enabled() if progress is None else progress
     bar = tqdm(
         range(start_epoch, int(epochs)),
@@ -175,31 +367,35 @@ def _run_epochs(
         total=int(epochs),
     )
     start = time.perf_counter()
-    model.train()
+    network.train()
     for epoch in bar:
-        loss, accuracy = one_epoch()
+        with amp.flags():
+            loss, accuracy = one_epoch()
         if scheduler is not None:
             with warnings.catch_warnings():
                 # an epoch whose every batch was dropped (drop_short_batches on a small set)
                 # made no optimiser step; the epoch-based milestones must still advance
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
                 scheduler.step()
         history.loss.append(loss)
         history.accuracy.append(accuracy)
         history.seconds = carried + time.perf_counter() - start
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
-        checkpoint.save(
-            {
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "generators": generators.state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": json.dumps(history.as_dict()),
-                "extra": extra_state() if extra_state is not None else {},
-            }
-        )
+        state = {
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "generators": generators.state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": json.dumps(history.as_dict()),
+            "extra": extra_state() if extra_state is not None else {},
+        }
+        if amp.scaler is not None:  # fp16 only: fp32 checkpoints keep their keys
+            state["scaler"] = amp.state_dict()
+        checkpoint.save(state)
+    if amp.channels_last:  # hand the model back in the usual layout (AutoAttack's FAB-T
+        model.to(memory_format=torch.contiguous_format)  # crashes on channels-last on a CPU)
     return history
 
 
@@ -210,13 +406,16 @@ def _run_epochs(
 STEPS = ("nominal", "qtrades", "trades", "free_at")
 
 
-def nominal_step(model, optimizer, x, y, generator, **_):
+# Every step returns ``(loss, logits)`` with the loss a detached 0-d tensor (no host sync);
+# ``amp`` is the run's :class:`TrainingPrecision` (``None``: plain float32 updates) and
+# ``model`` the network as the run calls it (:meth:`TrainingPrecision.network`).
+
+
+def nominal_step(model, optimizer, x, y, generator, *, amp=None, **_):
     logits = model(x)
     loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item(), logits
+    _update(loss, optimizer, amp)
+    return loss.detach(), logits
 
 
 QTRADES_LOSSES = ("ce", "kl", "official_kl")
@@ -244,7 +443,19 @@ def qtrades_term(log_q_adv: torch.Tensor, log_p: torch.Tensor, kind: str = "ce")
 
 
 def _qtrades_step(
-    model, optimizer, x, y, generator, *, lam, eps, step_size, kind="ce", form="logprob", **_
+    model,
+    optimizer,
+    x,
+    y,
+    generator,
+    *,
+    lam,
+    eps,
+    step_size,
+    kind="ce",
+    form="logprob",
+    amp=None,
+    **_,
 ):
     """QTRADES on the cross-entropy head: ``CE(f(x), y) + λ·CE(p(x_adv), p(x))`` (Eq. 5).
 
@@ -263,13 +474,11 @@ def _qtrades_step(
     loss = F.cross_entropy(logits, y) + lam * qtrades_term(
         model(x_adv).log_softmax(1), logits.log_softmax(1), kind
     )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item(), logits
+    _update(loss, optimizer, amp)
+    return loss.detach(), logits
 
 
-def _trades_step(model, optimizer, x, y, generator, *, beta, eps, step_size, iters, **_):
+def _trades_step(model, optimizer, x, y, generator, *, beta, eps, step_size, iters, amp=None, **_):
     """TRADES (Zhang et al. 2019): ``CE(f(x), y) + β·KL(p(x) ‖ p(x_adv))``, the adversary
     from ``iters`` signed steps on the KL starting at ``x + 0.001·N(0, 1)``."""
     model.eval()
@@ -289,15 +498,14 @@ def _trades_step(model, optimizer, x, y, generator, *, beta, eps, step_size, ite
     loss = F.cross_entropy(logits, y) + beta * F.kl_div(
         model(x_adv).log_softmax(1), logits.softmax(1), reduction="batchmean"
     )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item(), logits
+    _update(loss, optimizer, amp)
+    return loss.detach(), logits
 
 
-def _free_at_step(model, optimizer, x, y, generator, *, replays, eps, state, **_):
+def _free_at_step(model, optimizer, x, y, generator, *, replays, eps, state, amp=None, **_):
     """Free AT (Shafahi et al. 2019): ``replays`` steps on the same batch, each also
-    ascending a perturbation ``δ`` carried over from batch to batch."""
+    ascending a perturbation ``δ`` carried over from batch to batch (in fp16 its gradient is
+    the scaled one: the same signs, non-finite entries read as 0)."""
     delta = state.get("delta")
     if delta is None or delta.shape != x.shape:
         delta = torch.zeros_like(x)
@@ -305,12 +513,13 @@ def _free_at_step(model, optimizer, x, y, generator, *, replays, eps, state, **_
         delta.requires_grad_(True)
         logits = model((x + delta).clamp(0, 1))
         loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        delta = (delta.detach() + eps * delta.grad.sign()).clamp(-eps, eps)
+        _update(loss, optimizer, amp)
+        grad = delta.grad
+        if amp is not None and amp.scaler is not None:
+            grad = torch.nan_to_num(grad, nan=0.0)
+        delta = (delta.detach() + eps * grad.sign()).clamp(-eps, eps)
     state["delta"] = delta
-    return loss.item(), logits
+    return loss.detach(), logits
 
 
 def train_cross_entropy(
@@ -327,6 +536,8 @@ def train_cross_entropy(
     checkpoint=None,
     progress: bool | None = None,
     flip: bool | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
 ) -> History:
     """Cross-entropy training with Adam, lr ×0.1 at each of ``milestones`` (App. D).
 
@@ -335,8 +546,11 @@ def train_cross_entropy(
     (β, ε, η, iterations) or ``free_at`` (replays m, ε);
     ``step_args`` holds their parameters. ``checkpoint``: a path; the run resumes from it.
     ``flip``: random horizontal flips of the batches (``None``: the data's own setting).
+    ``precision``, ``channels_last``: see :class:`TrainingPrecision` (defaults: float32 as
+    written; channels-last on CUDA).
     """
     check_choice(step, "training step", STEPS)
+    check_choice(precision, "precision", PRECISIONS)
     check_positive(lr, "lr")
     if int(epochs) < 0 or int(batch_size) < 1:
         raise ValueError("epochs must be >= 0 and batch_size >= 1")
@@ -352,22 +566,34 @@ def train_cross_entropy(
     batch_kwargs = {} if flip is None else {"flip": bool(flip)}
     y_all = data.y_train
     generators = _Generators(seed, y_all.device)
+    amp = TrainingPrecision(precision, y_all.device, channels_last)
+    network = amp.network(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
     carry: dict = {}
 
     def one_epoch():
         order = torch.randperm(len(y_all), generator=generators.cpu).to(y_all.device)
-        total, correct = 0.0, 0
+        # summed on the device in float64, read once: the same sum as Python floats of the
+        # per-batch losses (exact float32 -> float64, then the same additions in order)
+        total = torch.zeros((), dtype=torch.float64, device=y_all.device)
+        correct = torch.zeros((), dtype=torch.long, device=y_all.device)
         for first in range(0, len(order), batch_size):
             idx = order[first : first + batch_size]
             x = data.train_batch(idx, generators.device, **batch_kwargs)
             loss, logits = step_fn(
-                model, optimizer, x, y_all[idx], generators.device, state=carry, **step_args
+                network,
+                optimizer,
+                x,
+                y_all[idx],
+                generators.device,
+                state=carry,
+                amp=amp,
+                **step_args,
             )
-            total += loss * len(idx)
-            correct += int((logits.argmax(1) == y_all[idx]).sum())
-        return total / len(order), correct / len(order)
+            total += loss.double() * len(idx)
+            correct += (logits.argmax(1) == y_all[idx]).sum()
+        return float(total) / len(order), int(correct) / len(order)
 
     # what a step carries from batch to batch (Free AT's δ) goes into the checkpoint too:
     # across epochs it carries on whenever the training size divides by the batch size
@@ -390,6 +616,8 @@ def train_cross_entropy(
         progress,
         extra_state,
         restore_extra,
+        amp,
+        network,
     )
 
 
@@ -473,6 +701,9 @@ def train_magnet(
     refresh_augment: bool = False,
     variance_from: str = "assignments",
     magnet_log_eps: float | None = None,
+    kmeans_backend: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
 ):
     """Magnet-loss training (Eq. 3) with neighbourhood sampling (App. D).
 
@@ -519,8 +750,14 @@ def train_magnet(
     * ``magnet_log_eps`` (``1e-8``): the Magnet loss with ``ε`` inside the log
       (:func:`~clustr_lib.magnet.magnet_loss`), capping each sample at ``−log ε ≈ 18.42``.
 
+    Not choices of the recipe but of the machine (none changes a CPU run):
+    ``kmeans_backend`` (:class:`~clustr_lib.magnet.ClusterIndex`; ``"auto"``: torch's batched
+    k-means on CUDA, scikit-learn on the CPU), ``precision`` and ``channels_last``
+    (:class:`TrainingPrecision`; the clustering passes run in it too, k-means in float32).
+
     All options are validated before any embedding or clustering starts.
     """
+    check_choice(precision, "precision", PRECISIONS)
     check_positive(lr, "lr")
     check_positive(qtrades_lambda, "qtrades_lambda", allow_zero=True)
     check_choice(qtrades_form, "QTRADES form", QTRADES_FORMS)
@@ -571,20 +808,24 @@ def train_magnet(
         n_init=kmeans_n_init,
         max_iter=kmeans_max_iter,
         fixed_random_state=kmeans_random_state is not None,
+        kmeans_backend=kmeans_backend,
     )
+    amp = TrainingPrecision(precision, y_all.device, channels_last)
+    network = amp.network(embedder)
 
     def cluster_passes():
         """Embeddings for k-means and, if separate, for σ²."""
         if refresh_augment:
-            feats = embed_augmented(embedder, data, generators.device, flip)
+            feats = embed_augmented(network, data, generators.device, flip)
             if variance_from == "second_pass":
-                return feats, embed_augmented(embedder, data, generators.device, flip)
+                return feats, embed_augmented(network, data, generators.device, flip)
             return feats, None
-        feats = embed_all(embedder, data.train_images())
+        feats = embed_all(network, data.train_images())
         return feats, feats if variance_from == "second_pass" else None
 
-    feats, var_feats = cluster_passes()
-    index.fit(feats, y_all.cpu(), variance_embeddings=var_feats)
+    with amp.flags():
+        feats, var_feats = cluster_passes()
+        index.fit(feats, y_all.cpu(), variance_embeddings=var_feats)
     sampler = NeighbourhoodSampler(
         index,
         clusters_per_batch,
@@ -601,7 +842,10 @@ def train_magnet(
     )
 
     def one_epoch():
-        total, correct, seen, trained = 0.0, 0, 0, 0
+        # summed on the device, read once per epoch (float64: the same sum as Python floats)
+        total = torch.zeros((), dtype=torch.float64, device=y_all.device)
+        correct = torch.zeros((), dtype=torch.long, device=y_all.device)
+        seen, trained = 0, 0
         classifier = ClusterClassifier(
             index.centroids_,
             index.centroid_classes_,
@@ -612,15 +856,16 @@ def train_magnet(
         for batch in sampler:
             if drop_short_batches and len(batch.indices) < sampler.batch_size:
                 continue
-            idx = torch.from_numpy(batch.indices).to(y_all.device)
+            idx = torch.from_numpy(batch.indices).to(y_all.device, non_blocking=True)
             x, y = data.train_batch(idx, generators.device, **batch_kwargs), y_all[idx]
+            cluster_ids = torch.from_numpy(batch.cluster_ids).to(y_all.device, non_blocking=True)
             loss, per_sample, log_p = magnet_step(
-                embedder,
+                network,
                 optimizer,
                 classifier,
                 x,
                 y,
-                torch.from_numpy(batch.cluster_ids),
+                cluster_ids,
                 alpha=alpha,
                 qtrades_lambda=qtrades_lambda,
                 qtrades_eps=qtrades_eps,
@@ -630,15 +875,18 @@ def train_magnet(
                 qtrades_form=qtrades_form,
                 adversary_grad=qtrades_adversary_grad,
                 log_eps=magnet_log_eps,
+                amp=amp,
             )
+            # the next batch's seed cluster depends on these losses (NumPy's stream): the
+            # one read-back per step that the sampler's recipe needs
             sampler.record_losses(batch.indices, per_sample)
-            total += loss
-            correct += int((log_p.argmax(1) == y).sum())
+            total += loss.double()
+            correct += (log_p.argmax(1) == y).sum()
             seen += len(y)
             trained += 1
         feats, var_feats = cluster_passes()
         index.refresh(feats, variance_embeddings=var_feats)
-        return total / max(trained, 1), correct / max(seen, 1)
+        return float(total) / max(trained, 1), int(correct) / max(seen, 1)
 
     def extra_state():
         return {
@@ -676,6 +924,8 @@ def train_magnet(
         progress,
         extra_state,
         restore_extra,
+        amp,
+        network,
     )
     return index, history
 
@@ -708,9 +958,10 @@ def magnet_step(
     qtrades_form="logprob",
     adversary_grad=False,
     log_eps=None,
+    amp=None,
 ):
     """One Magnet (± QTRADES) update on a neighbourhood batch; returns ``(loss, per-sample
-    Magnet losses, Eq. (4) log-probabilities of the batch)``.
+    Magnet losses, Eq. (4) log-probabilities of the batch)``, the loss a detached 0-d tensor.
 
     ``qtrades_form="logprob"``: ``λ·CE(p(x_adv), p(x))`` on Eq. (4)'s log-probabilities
     (:func:`qtrades_term`; infinite wherever a class of ``p(x)`` has no cluster among
@@ -722,8 +973,53 @@ def magnet_step(
 
     The QTRADES adversary reuses the training forward's ``p(x)`` and needs only an input
     gradient, so the step costs two forward-backward passes plus one input-gradient pass.
+
+    The step runs with autocast off (:func:`~clustr_lib.magnet.exact_float32`), even inside a
+    caller's autocast: the Magnet loss, Eq. (4), the QTRADES term and their distances are
+    float32 as written, and only a network made by :meth:`TrainingPrecision.network` runs its
+    own forward passes in half precision. ``amp``: the run's precision (its gradient scaler).
     """
+    with exact_float32(x.device):
+        loss, per_sample, log_p, extra = _magnet_objective(
+            embedder,
+            classifier,
+            x,
+            y,
+            cluster_ids,
+            alpha,
+            qtrades_lambda,
+            qtrades_eps,
+            qtrades_step,
+            qtrades_loss,
+            generator,
+            qtrades_form,
+            adversary_grad,
+            log_eps,
+        )
+        _update(loss if extra is None else loss + extra, optimizer, amp)
+    return loss.detach(), per_sample, log_p
+
+
+def _magnet_objective(
+    embedder,
+    classifier,
+    x,
+    y,
+    cluster_ids,
+    alpha,
+    qtrades_lambda,
+    qtrades_eps,
+    qtrades_step,
+    qtrades_loss,
+    generator,
+    qtrades_form,
+    adversary_grad,
+    log_eps,
+):
+    """:func:`magnet_step`'s loss, per-sample losses, log-probabilities and the adversary's
+    start objective (``None`` unless ``adversary_grad``)."""
     features = embedder(x)
+    features = features.float() if features.dtype in (torch.bfloat16, torch.float16) else features
     loss, per_sample, _ = magnet_loss(features, cluster_ids, y, alpha, log_eps=log_eps)
     log_p = classifier.log_proba(features)
     extra = None
@@ -749,10 +1045,7 @@ def magnet_step(
         else:
             term = qtrades_term(soft_model(x_adv), log_p, qtrades_loss)
         loss = loss + qtrades_lambda * term
-    optimizer.zero_grad(set_to_none=True)
-    (loss if extra is None else loss + extra).backward()
-    optimizer.step()
-    return loss.item(), per_sample, log_p
+    return loss, per_sample, log_p, extra
 
 
 def cluster_model(

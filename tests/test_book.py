@@ -57,7 +57,64 @@ def test_unknown_profile_chapter_and_parameter_are_refused_before_running(tiny_b
         book.run("typo", None, notebooks, profiles, out)
     assert not out.exists()  # nothing ran
     steps = book.plan("smoke", ["01_ok"], notebooks, profiles, out)
-    assert steps == [("01_ok", {"n": 2, "profile": "smoke", "output_dir": str(out)})]
+    # paths relative to the folder the notebook runs in: no page shows the machine's paths
+    assert steps == [("01_ok", {"n": 2, "profile": "smoke", "output_dir": "."})]
+
+
+def test_a_chapter_can_borrow_another_profiles_parameters(tiny_book):
+    """``{profile: full}`` runs a chapter exactly as ``full`` does, and says so (the 2-D
+    chapters in the default build); nothing else may stand beside it."""
+    notebooks, profiles, out = tiny_book
+    profiles.write_text("smoke:\n  01_ok: {profile: full}\nfull:\n  01_ok: {n: 2}\n")
+    assert book.plan("smoke", ["01_ok"], notebooks, profiles, out) == [
+        ("01_ok", {"n": 2, "profile": "full", "output_dir": "."})
+    ]
+    for entry, problem in [
+        ("{profile: nope}", "names no other profile"),
+        ("{profile: smoke}", "names no other profile"),
+        ("{profile: full, n: 3}", "takes no other parameters"),
+    ]:
+        profiles.write_text(f"smoke:\n  01_ok: {entry}\nfull:\n  01_ok: {{n: 2}}\n")
+        with pytest.raises(book.PlanError, match=problem):
+            book.plan("smoke", ["01_ok"], notebooks, profiles, out)
+    real = dict(book.plan("smoke", ["01_certificate_2d", "02_warm_start_2d"]))
+    assert {p["profile"] for p in real.values()} == {"full"}  # the 2-D chapters at full
+
+
+def test_the_repository_address_is_one_setting(tiny_book):
+    """Every Colab link of the pages is built from _config.yml; the notebooks' Colab cells
+    clone the same address, and a notebook naming another one is refused before running."""
+    repo = book.repository()
+    assert book.colab_url("01_certificate_2d") == (
+        f"https://colab.research.google.com/github/{repo['name']}/blob/{repo['branch']}"
+        "/notebooks/01_certificate_2d.ipynb"
+    )
+    for name in book.chapters():
+        path = book.NOTEBOOKS / f"{name}.ipynb"
+        assert book.foreign_addresses(path) == [], name
+        nb = nbformat.read(path, as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "code")
+        assert "git clone" in first.source and repo["url"] in first.source, name
+        assert "remove-cell" in first.metadata.get("tags", []), name
+    notebooks, profiles, out = tiny_book
+    write_notebook(
+        notebooks / "01_ok.ipynb",
+        'profile = "full"\noutput_dir = "."\nn = 1',
+        ["!git clone -q https://github.com/someone/else /content/book"],
+    )
+    with pytest.raises(book.PlanError, match="01_ok.ipynb names the repository someone/else"):
+        book.plan("smoke", ["01_ok"], notebooks, profiles, out)
+
+
+def test_the_notebooks_declare_a_runtime_and_colab_metadata():
+    for name in book.chapters():
+        nb = nbformat.read(book.NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        assert "Runtime" in nb.cells[0].source, name
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert "remove-cell" in params.metadata["tags"], name
+        if not name.startswith(("01", "02")):  # the 2-D chapters run on Colab's CPU
+            assert nb.metadata.get("accelerator") == "GPU", name
+            assert nb.metadata["colab"]["gpuType"], name
 
 
 def test_runner_executes_and_names_the_failing_notebook_and_cell(tiny_book, capsys):
@@ -66,7 +123,9 @@ def test_runner_executes_and_names_the_failing_notebook_and_cell(tiny_book, caps
     assert [name for name, _ in timings] == ["01_ok"]
     assert "01_ok" in capsys.readouterr().out
     executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
-    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "hide-cell" in injected[0].metadata["tags"]
+    assert str(out) not in injected[0].source  # relative paths only
     with pytest.raises(
         RuntimeError, match=r"02_fails.ipynb failed in the cell starting `1 / 0`.*ZeroDivisionError"
     ):
@@ -121,8 +180,12 @@ def test_smoke_run_writes_results_with_provenance(built_book):
 
     for name in book.chapters():
         result = json.loads((book.EXECUTED / f"{name}.json").read_text())
-        assert result["profile"] == "smoke"
         assert {"git_commit", "device", "versions", "wall_seconds"} <= set(result["provenance"])
+        if name[:2] in ("01", "02"):  # the 2-D chapters run the paper's settings in every build
+            assert result["profile"] == "full" and result["scopes"]["2d"]["at_scale"], name
+            assert set(result["verdicts"].values()) <= {"reproduced", "not reproduced"}, name
+            continue
+        assert result["profile"] == "smoke"
         # a smoke build draws no verdict
         assert set(result["verdicts"].values()) <= {
             "not run at this scale",
@@ -142,32 +205,98 @@ def browser():
     return path
 
 
+STAND_IN_CHAPTERS = ("03", "04", "05", "07", "08", "09", "10", "11")  # smoke: a pipeline check
+PAGE_CHECKS = """() => {
+  const main = document.querySelector('main');
+  const outputs = main.cloneNode(true);  // the page without its code and inline code
+  outputs.querySelectorAll('.cell_input, pre, code').forEach(e => e.remove());
+  const outside = main.cloneNode(true);  // the page without its pipeline check
+  outside.querySelectorAll('.pipeline-check').forEach(e => e.remove());
+  return {
+    outputs: outputs.textContent,
+    images: Array.from(main.querySelectorAll('img')).map(i => ({
+      src: i.src.slice(0, 80), ok: i.complete && i.naturalWidth > 0,
+      alt: i.getAttribute('alt') || '', inFigure: !!i.closest('figure')})),
+    figures: Array.from(main.querySelectorAll('figure')).map(
+      f => (f.querySelector('figcaption') || {textContent: ''}).textContent.trim()),
+    checks: main.querySelectorAll('details.pipeline-check').length,
+    standInTables: Array.from(outside.querySelectorAll('table'))  // the provenance may name them
+      .filter(t => t.textContent.includes('digits32 for ')
+                   && !t.textContent.includes('evaluations read')).length,
+    math: main.querySelectorAll('.math').length,
+    untypeset: Array.from(main.querySelectorAll('.math'))
+      .filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 40)),
+  };
+}"""
+
+
 def test_pages_render_in_a_headless_browser(built_book):
+    """Every page, opened with the network cut off: no NaN, no dict repr, no path of the
+    building machine; every image has alt text and sits in a figure with a caption; the maths
+    is typeset by the MathJax shipped with the book; a stand-in build keeps its stand-in tables
+    and figures inside one collapsed pipeline check per page."""
     from playwright.sync_api import sync_playwright
 
-    pages = [f"book/chapters/{c}.html" for c in book.chapters()] + ["book/chapters/summary.html"]
+    chapter_pages = [f"book/chapters/{c}.html" for c in book.chapters()]
+    pages = [
+        "book/intro.html",
+        *chapter_pages,
+        "book/chapters/summary.html",
+        "book/deviations.html",
+    ]
+    machine = [str(ROOT), os.path.expanduser("~") + "/"]
     with sync_playwright() as p:
         chrome = p.chromium.launch(
             executable_path=browser(),
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = chrome.new_page()
+        context = chrome.new_context()
+        requested = []
+
+        def offline(route):  # the built book must need nothing from the network
+            if route.request.url.startswith(("file:", "data:")):
+                return route.continue_()
+            requested.append(route.request.url)
+            return route.abort()
+
+        context.route("**/*", offline)
+        page = context.new_page()
+        typeset = 0
         for rel in pages:
+            source = (built_book / rel).read_text()
+            assert not [m for m in machine if m in source], f"{rel}: an absolute path"
             page.goto((built_book / rel).as_uri())
             page.wait_for_load_state("load")
-            images = page.evaluate(
-                "() => Array.from(document.querySelectorAll('main img'))"
-                ".map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0}))"
-            )
+            if page.locator("main .math").count():
+                page.wait_for_function(
+                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
+                )
+                page.evaluate("() => MathJax.startup.promise")
+            found = page.evaluate(PAGE_CHECKS)
+            images = found["images"]
             if rel.endswith("summary.html"):  # generated from the chapters' results
                 assert page.locator("main table tr", has_text="C22").count() == 1, rel
-            else:
+                assert "What we found" in found["outputs"], rel
+            elif rel in chapter_pages:
                 assert len(images) >= 1, f"{rel}: figures missing"
             assert all(i["ok"] for i in images), f"{rel}: broken image {images}"
-            text = page.inner_text("main")
+            bad_alt = [i for i in images if not i["alt"].strip() or i["alt"].endswith(".png")]
+            assert not bad_alt, f"{rel}: images without alt text {bad_alt}"
+            assert all(i["inFigure"] for i in images), f"{rel}: an image outside a figure"
+            assert all(found["figures"]), f"{rel}: a figure without a caption"
+            text = found["outputs"]
+            assert not re.search(r"\b(NaN|nan)\b", text), f"{rel}: NaN shown"
+            assert not re.search(r"\{['\"][^'\"]+['\"]: ", text), f"{rel}: a dict repr"
             assert "Traceback" not in text and "Error" not in text, rel
+            assert not found["untypeset"], f"{rel}: maths not typeset {found['untypeset']}"
+            typeset += found["math"]
+            if rel in chapter_pages and rel.split("/")[-1][:2] in STAND_IN_CHAPTERS:
+                assert found["checks"] == 1, f"{rel}: {found['checks']} pipeline checks"
+                assert found["standInTables"] == 0, f"{rel}: a stand-in table in the main flow"
             assert page.locator("main .output.error, main .output.traceback").count() == 0, rel
             assert page.locator("main .output.stderr").count() == 0, f"{rel}: stderr output"
+        assert typeset > 20  # the chapters' formulas, typeset offline
+        assert not requested, f"the book asked the network for {requested[:3]}"
         chrome.close()
 
 

@@ -200,3 +200,45 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     resumed = torch.load(str(ckpt) + ".final", weights_only=True)
     expected = torch.load(str(straight) + ".final", weights_only=True)
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+EVAL_KILL_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from clustr_lib import data, protocol, runs
+    tiny = json.loads(sys.argv[2])
+    d = data.load_images("digits32", train_size=128, test_size=16)
+    config = runs.run_config("digits32", "nominal", 0, protocol.settings("digits32", tiny),
+                             data=d)
+    evaluate = runs.evaluate
+
+    def slow_evaluate(*args, **kwargs):  # the kill lands inside the evaluation
+        time.sleep(600)
+        return evaluate(*args, **kwargs)
+
+    runs.evaluate = slow_evaluate
+    runs.run(config, d, results_dir=sys.argv[1] + "/r", models_dir=sys.argv[1] + "/m",
+             progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_evaluation_is_evaluated_from_its_weights(tmp_path, monkeypatch):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EVAL_KILL_SCRIPT, str(tmp_path), json.dumps(TINY)]
+    )
+    d, config, dirs = tiny_run(tmp_path)
+    weights = runs.model_path(config, tmp_path / "m")
+    deadline = time.time() + 120
+    while not weights.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # well inside the (slowed) evaluation
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert weights.exists(), "the subprocess never saved its weights"
+    assert records.load_run(config, tmp_path / "r") is None  # killed before the record
+    monkeypatch.setattr(runs, "train_run", refuse_training)
+    record = runs.run(config, d, **dirs)  # the lock of the killed process is free again
+    assert record.weights_sha256 == sha256_file(weights)
+    assert 0.0 <= record.clean_accuracy <= 1.0 and record.pgd
+    assert records.load_run(config, tmp_path / "r").weights_sha256 == record.weights_sha256
+    assert not list(tmp_path.rglob("*.tmp"))

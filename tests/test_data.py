@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import pickle
 import struct
 from urllib.error import URLError
 
@@ -21,28 +20,8 @@ def md5(path):
 
 
 @pytest.fixture
-def cifar10_dir(tmp_path, monkeypatch, rng):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rows = {}
-    for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 6)]:
-        rows[name] = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": rows[name], "labels": labels}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    # torchvision checks each file's md5 against the real archive's: point it at ours
-    monkeypatch.setattr(
-        tvd.CIFAR10,
-        "train_list",
-        [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)],
-    )
-    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
-    monkeypatch.setattr(
-        tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5(folder / "batches.meta")}
-    )
-    return tmp_path, rows
+def cifar10_dir(tmp_path, fake_cifar10):
+    return tmp_path, fake_cifar10(tmp_path, per_batch=4, test=6)
 
 
 def test_cifar10_loader_reads_torchvision_pickles(cifar10_dir):

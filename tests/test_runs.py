@@ -128,3 +128,37 @@ def test_the_protocols_pgd_is_read_from_the_run_record_not_recomputed(tmp_path):
         studies.pgd_rows(source, "clustr", "ce", eps=16 / 255)
     with pytest.raises(LookupError, match="not recorded"):
         studies.pgd_rows(source, "clustr", "ce", rule="any_restart")
+
+
+def test_the_training_precision_keys_a_run_only_when_it_is_not_fp32(tmp_path):
+    """Issue 11: the default ``"auto"`` trains a CPU run in fp32 under the keys recorded
+    before the setting existed; another precision is keyed apart and recorded."""
+    d = data.load_images("digits32", train_size=200, test_size=40)
+    settings = {**TINY, "eval_size": 5, "pgd_steps": [1]}
+    auto = runs.run_config("digits32", "nominal", 0, protocol.settings("digits32", settings), d)
+    fp32 = runs.run_config(
+        "digits32",
+        "nominal",
+        0,
+        protocol.settings("digits32", {**settings, "precision": "fp32"}),
+        d,
+    )
+    assert "precision" not in auto and auto == fp32
+    bf16 = runs.run_config(
+        "digits32",
+        "nominal",
+        0,
+        protocol.settings("digits32", {**settings, "precision": "bf16"}),
+        d,
+    )
+    assert bf16["precision"] == "bf16"
+    assert records.config_hash(bf16) != records.config_hash(auto)
+    assert protocol.training_precision("auto", "cuda:0") in ("bf16", "fp16")
+    assert protocol.training_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        protocol.settings("digits32", {"precision": "fp8"})
+    record = runs.run(
+        bf16, d, results_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False
+    )
+    assert record.training["precision"] == "bf16"
+    assert 0.0 <= record.clean_accuracy <= 1.0
