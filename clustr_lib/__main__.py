@@ -1,13 +1,15 @@
-"""``python -m clustr_lib run|build|record``: the papermill batch, the book build, and the
-recording of a digits32 study's runs (resumable: recorded runs are read, an interrupted run
-resumes from its checkpoint)."""
+"""``python -m clustr_lib run|plan|build|record``: the papermill batch, its plan (what it
+would train and evaluate), the book build, and the recording of a digits32 study's runs
+(resumable: recorded runs are read, an interrupted run resumes from its checkpoint)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from . import book
+from .plan import make_plan
 from .sources import STUDIES, study_sources
 from .studies import STUDY_CHAPTERS, study_evaluations
 
@@ -22,6 +24,13 @@ def main(argv=None) -> int:
         help="parameter profile from notebooks/profiles.yml (default: %(default)s)",
     )
     run.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
+    plan = sub.add_parser(
+        "plan", help="list the runs and evaluations a build needs, recorded or not (runs nothing)"
+    )
+    plan.add_argument("--profile", default=book.DEFAULT_PROFILE, help="(default: %(default)s)")
+    plan.add_argument("--only", nargs="+", metavar="CHAPTER", help="plan only these chapters")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON on stdout")
+    plan.add_argument("--device", default="auto", help="for the estimates (default: %(default)s)")
     build = sub.add_parser("build", help="build the Jupyter Book (warnings are errors)")
     build.add_argument("--no-strict", action="store_true", help="do not fail on warnings")
     record = sub.add_parser("record", help="train (or read) every run of a recorded study")
@@ -31,6 +40,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "run":
             book.run(args.profile, args.only)
+            return 0
+        if args.command == "plan":
+            found = make_plan(args.profile, args.only, device=args.device)
+            print(json.dumps(found.to_json(), indent=1) if args.json else found.summary())
             return 0
         if args.command == "record":
             params = {c: book.default_parameters(c) for c in STUDY_CHAPTERS}

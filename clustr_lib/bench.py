@@ -373,24 +373,7 @@ def bench_epochs(
             **common,
         )
         seconds[method] = history.seconds
-    recipe = {
-        key: s[key]
-        for key in (
-            "qtrades_form",
-            "qtrades_adversary_grad",
-            "train_num_nearest",
-            "flip",
-            "seed_probability",
-            "epoch_length",
-            "drop_short_batches",
-            "kmeans_random_state",
-            "kmeans_n_init",
-            "kmeans_max_iter",
-            "refresh_augment",
-            "variance_from",
-            "magnet_log_eps",
-        )
-    }
+    recipe = {key: s[key] for key in protocol.MAGNET_RECIPE_KEYS}
     kmeans_in_epoch = {}
     for method, lam in (("magnet", 0.0), ("clustr_qtrades", s["qtrades_lambda"])):
         torch.manual_seed(0)
@@ -463,7 +446,7 @@ def _seconds_per_image(figures: dict, dataset: str) -> dict:
     return per
 
 
-def _training_seconds(figures: dict, dataset: str) -> dict:
+def training_seconds(figures: dict, dataset: str) -> dict:
     """Seconds to train each of the 7 methods on ``dataset`` at the paper's protocol (ClusTR
     variants without their warm start, which is the nominal run)."""
     s, n = protocol.settings(dataset), PAPER_DATASETS[dataset]["train"]
@@ -527,6 +510,23 @@ def _evaluation_seconds(figures: dict, dataset: str, eval_points) -> dict:
     return out
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def recorded_figures(device: str, folder: Path = BENCHMARKS) -> dict | None:
+    """The figures of the newest benchmark recorded in ``folder`` on the device named
+    ``device`` (:func:`~clustr_lib.records.device_name`), or ``None``."""
+    found = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            recorded = json.loads(path.read_text())
+            if recorded["provenance"]["device"] == device:
+                found.append((recorded["provenance"].get("created", ""), recorded["figures"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
 def paper_projection(figures: dict, eval_points: int | None = None) -> dict:
     """Hours of each chapter at the paper's protocol, projected from the measured rates.
 
@@ -570,7 +570,7 @@ def paper_projection(figures: dict, eval_points: int | None = None) -> dict:
     the book.
     """
     chapters = {}
-    training = {d: _training_seconds(figures, d) for d in PAPER_DATASETS}
+    training = {d: training_seconds(figures, d) for d in PAPER_DATASETS}
     evaluation = {d: _evaluation_seconds(figures, d, eval_points) for d in PAPER_DATASETS}
     for number, dataset in (("03", "cifar10"), ("04", "svhn"), ("05", "cifar100")):
         seconds = sum(training[dataset].values()) + evaluation[dataset]["benchmark"]

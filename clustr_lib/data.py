@@ -212,12 +212,12 @@ def random_flip(x: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.where(mirror.view(-1, *(1,) * (x.ndim - 1)), x.flip(-1), x)
 
 
-def _torchvision_split(name: str, root: Path, train: bool):
+def _torchvision_split(name: str, root: Path, train: bool, download: bool = True):
     if name == "svhn":
-        ds = tvd.SVHN(str(root), split="train" if train else "test", download=True)
+        ds = tvd.SVHN(str(root), split="train" if train else "test", download=download)
         return torch.from_numpy(ds.data), torch.as_tensor(ds.labels) % 10
     cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-    ds = cls(str(root), train=train, download=True)
+    ds = cls(str(root), train=train, download=download)
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)
 
 
@@ -275,13 +275,13 @@ def _fashion32_unavailable(root: Path, err: Exception) -> str:
     )
 
 
-def _fashion32(root: Path, train: bool):
+def _fashion32(root: Path, train: bool, download: bool = True):
     """Fashion-MNIST through ``torchvision.datasets.FashionMNIST``: the 28×28 grey images
     zero-padded to 32×32 (2 pixels each side; the background is 0) and repeated to 3 channels,
     uint8 ``[N, 3, 32, 32]``; labels in the files' order."""
     try:
         _fashion_mnist_raw(root)
-        ds = tvd.FashionMNIST(str(root), train=train, download=True)
+        ds = tvd.FashionMNIST(str(root), train=train, download=download)
     except (OSError, RuntimeError) as err:  # URLError, BadGzipFile, PermissionError: OSError
         raise DatasetUnavailable(_fashion32_unavailable(root, err)) from None
     x = torch.nn.functional.pad(ds.data, (2, 2, 2, 2))  # uint8 [N, 32, 32], zeros around
@@ -314,6 +314,7 @@ def load_images(
     test_size: int | None = None,
     seed: int = 0,
     flip: bool = False,
+    download: bool = True,
 ) -> ImageData:
     """Load an image dataset (``cifar10``, ``cifar100``, ``svhn``, ``fashion32`` or ``digits32``).
 
@@ -323,7 +324,8 @@ def load_images(
     ``data_dir``, else inflated there from Debian's package (:data:`FASHION_MNIST_DEBIAN`),
     else downloaded by torchvision. ``train_size``/``test_size`` take
     fixed random subsets (a seeded permutation) for small-scale runs. ``flip``: random
-    horizontal flips of the training batches (see :class:`ImageData`).
+    horizontal flips of the training batches (see :class:`ImageData`). ``download=False``:
+    never download; :class:`DatasetUnavailable` if the files are not there.
     """
     check_choice(name, "image dataset", IMAGE_DATASETS)
     train_size, test_size = (
@@ -336,10 +338,10 @@ def load_images(
         if name == "digits32":
             x, y = _digits32(train)
         elif name == "fashion32":
-            x, y = _fashion32(root, train)
+            x, y = _fashion32(root, train, download)
         else:
             try:
-                x, y = _torchvision_split(name, root, train)
+                x, y = _torchvision_split(name, root, train, download)
             except (OSError, RuntimeError) as err:  # URLError is an OSError
                 raise DatasetUnavailable(
                     f"{name} is not in {root} and could not be downloaded ({err}). Download it on "

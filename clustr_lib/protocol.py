@@ -76,6 +76,24 @@ PROTOCOL = {
     # config names its precision only when it is not fp32, so fp32 runs keep their keys
 }
 
+# The official-code choices of Magnet fine-tuning, passed as they are to train.train_magnet
+# (runs.magnet_recipe, the benchmark's whole epochs)
+MAGNET_RECIPE_KEYS = (
+    "qtrades_form",
+    "qtrades_adversary_grad",
+    "train_num_nearest",
+    "flip",
+    "seed_probability",
+    "epoch_length",
+    "drop_short_batches",
+    "kmeans_random_state",
+    "kmeans_n_init",
+    "kmeans_max_iter",
+    "refresh_augment",
+    "variance_from",
+    "magnet_log_eps",
+)
+
 METHODS = {
     "nominal": "Nominal Training",
     "free_at": "Free AT",

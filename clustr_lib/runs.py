@@ -130,22 +130,8 @@ def magnet_recipe(config: dict, epochs: int) -> dict:
     milestones = config["magnet_milestones"]
     if milestones and epochs != config["magnet_epochs"]:
         milestones = scaled_milestones(milestones, epochs, config["magnet_epochs"])
-    keys = (
-        "qtrades_form",
-        "qtrades_adversary_grad",
-        "train_num_nearest",
-        "flip",
-        "seed_probability",
-        "epoch_length",
-        "drop_short_batches",
-        "kmeans_random_state",
-        "kmeans_n_init",
-        "kmeans_max_iter",
-        "refresh_augment",
-        "variance_from",
-        "magnet_log_eps",
-    )
-    return {"milestones": list(milestones), **{k: config[k] for k in keys}}
+    recipe = {k: config[k] for k in protocol.MAGNET_RECIPE_KEYS}
+    return {"milestones": list(milestones), **recipe}
 
 
 def train_run(config: dict, data, *, results_dir, models_dir, progress=None):

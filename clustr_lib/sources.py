@@ -7,23 +7,31 @@ it) when there is one, and trains only a run nobody has recorded yet (a chapter 
 on Colab). :meth:`Source.evaluate` records each measurement of :mod:`clustr_lib.evaluations`
 as one JSON per (run, measurement, parameters) under ``<results_dir>/evaluations/``, with its
 provenance; :meth:`Source.pgd` reads the protocol's PGD from the run record itself.
+
+With a ``planner`` (:mod:`clustr_lib.plan`) a source trains and measures nothing: it tells the
+planner every run and evaluation asked of it, recorded or not, and hands back only what is
+recorded. With ``$CLUSTR_REQUEST_LOG`` set, every request is also appended to that file (one
+JSON line each), which is how the tests check that a plan lists what the chapters ask for.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paper, protocol
-from .data import load_images
+from .data import DatasetUnavailable, load_images
 from .evaluations import EVALUATIONS
 from .records import (
     RunRecord,
     config_hash,
     device_name,
     load_json,
+    load_run,
     provenance,
     record_path,
     resolve_device,
@@ -35,15 +43,40 @@ from .runs import load_model, run_all, run_config
 _DATA = {}
 
 
-def images(name, data_dir=None, device="auto", train_size=None, test_size=None):
-    """A dataset on the device, loaded once per process (the chapters read several sources)."""
+def images(name, data_dir=None, device="auto", train_size=None, test_size=None, download=True):
+    """A dataset on the device, loaded once per process (the chapters read several sources);
+    ``download=False``: never download (:class:`~clustr_lib.data.DatasetUnavailable`)."""
     device = resolve_device(device)
     key = (name, str(data_dir), str(device), train_size, test_size)
     if key not in _DATA:
         _DATA[key] = load_images(
-            name, data_dir=data_dir, device=device, train_size=train_size, test_size=test_size
+            name,
+            data_dir=data_dir,
+            device=device,
+            train_size=train_size,
+            test_size=test_size,
+            download=download,
         )
     return _DATA[key]
+
+
+def log_request(entry: dict) -> None:
+    """Append ``entry`` to ``$CLUSTR_REQUEST_LOG`` (one JSON line) when it is set."""
+    path = os.environ.get("CLUSTR_REQUEST_LOG")
+    if path:
+        with open(path, "a") as log:  # one short write per line: whole lines under O_APPEND
+            log.write(json.dumps(to_plain(entry), sort_keys=True) + "\n")
+
+
+def evaluation_key(record: RunRecord, name: str, params: dict) -> dict:
+    """What identifies evaluation ``name`` with ``params`` of a recorded run (the run's hash
+    and creation time: a retrained run is evaluated afresh)."""
+    return {
+        "run": config_hash(record.config),
+        "run_created": record.created,
+        "evaluation": name,
+        "params": to_plain(params),
+    }
 
 
 @dataclass
@@ -57,7 +90,7 @@ class Source:
         settings: the protocol (:func:`clustr_lib.protocol.settings`).
         seeds: runs per method; results_dir: where the runs are recorded.
         at_scale: the paper's protocol on the paper's dataset (only then a verdict).
-        data: the images, on the device.
+        data: the images, on the device (``None`` only in a plan, for data not on disk).
     """
 
     label: str
@@ -70,6 +103,7 @@ class Source:
     data: object
     record_only: bool = False  # raise instead of computing an evaluation that is not recorded
     only_methods: list | None = None  # a study variant trains only these
+    planner: object = None  # a :class:`clustr_lib.plan.Planner`: list requests, compute none
     train_devices: set = field(default_factory=set)  # devices that trained the runs read
     eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
     computed: list = field(default_factory=list)  # "label: file" of evaluations computed here
@@ -93,15 +127,29 @@ class Source:
     def models_dir(self) -> Path:
         return Path(self.results_dir) / "models"
 
-    def runs(self, method: str | None = None, force: bool = False) -> list[RunRecord]:
-        """The records of ``method`` (default: every method here) for every seed, trained
-        only where missing."""
+    def configs(self, method: str | None = None) -> list[dict]:
+        """The run configs of ``method`` (default: every method here), seed by seed."""
         methods = self.methods if method is None else [method]
-        configs = [
+        return [
             run_config(self.dataset, m, s, self.settings, data=self.data)
             for s in range(int(self.seeds))
             for m in methods
         ]
+
+    def runs(self, method: str | None = None, force: bool = False) -> list[RunRecord]:
+        """The records of ``method`` (default: every method here) for every seed, trained
+        only where missing (with a planner: the recorded ones, the others only listed)."""
+        configs = self.configs(method)
+        if self.planner is None:
+            for config in configs:
+                log_request({"kind": "run", "run": config_hash(config)})
+        else:
+            found = []
+            for config in configs:
+                record = load_run(config, self.results_dir) if self.data is not None else None
+                self.planner.add_run(self, config, record)
+                found += [record] if record is not None else []
+            return found
         records = run_all(
             configs,
             self.data,
@@ -128,7 +176,41 @@ class Source:
         self._check(method)
         if name not in EVALUATIONS:
             raise ValueError(f"unknown evaluation {name!r}; known: {', '.join(EVALUATIONS)}")
+        if self.planner is not None:
+            return self._plan_evaluation(method, name, params)
         return [self._evaluate_run(record, name, params, force) for record in self.runs(method)]
+
+    def _evaluation_path(self, record: RunRecord, key: dict) -> Path:
+        return record_path(
+            Path(self.results_dir) / "evaluations", record.config, kind=key["evaluation"], key=key
+        )
+
+    def _recorded_evaluation(self, path: Path, key: dict) -> dict | None:
+        """The metrics recorded at ``path`` for ``key``; ``None`` when absent or damaged."""
+        if not path.exists():
+            return None
+        try:
+            recorded = load_json(path)
+            return recorded if recorded["key"] == key else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _plan_evaluation(self, method: str, name: str, params: dict) -> list[dict]:
+        """Tell the planner about evaluation ``name`` of every seed's run; the recorded ones."""
+        found = []
+        for config in self.configs(method):
+            record = load_run(config, self.results_dir) if self.data is not None else None
+            self.planner.add_run(self, config, record)  # an evaluation needs its run
+            if record is None:  # the run is still to be trained: its evaluation waits for it
+                self.planner.add_evaluation(self, config, name, params, None)
+                continue
+            key = evaluation_key(record, name, params)
+            path = self._evaluation_path(record, key)
+            recorded = self._recorded_evaluation(path, key)
+            self.planner.add_evaluation(self, config, name, params, path, recorded)
+            if recorded is not None:
+                found.append({"seed": record.seed, "metrics": recorded["metrics"]})
+        return found
 
     def pgd(self, method: str, objective: str, **changes) -> list[dict]:
         """PGD ℓ∞ on every seed's model of ``method`` with the protocol's parameters and
@@ -156,13 +238,11 @@ class Source:
 
     def _evaluate_run(self, record: RunRecord, name: str, params: dict, force: bool) -> dict:
         config = record.config
-        key = {
-            "run": config_hash(config),
-            "run_created": record.created,
-            "evaluation": name,
-            "params": to_plain(params),
-        }
-        path = record_path(Path(self.results_dir) / "evaluations", config, kind=name, key=key)
+        key = evaluation_key(record, name, params)
+        log_request(
+            {"kind": "evaluation", "run": key["run"], "evaluation": name, "params": key["params"]}
+        )
+        path = self._evaluation_path(record, key)
         if not force and path.exists():
             try:
                 recorded = load_json(path)
@@ -226,11 +306,20 @@ def paper_source(
     device="auto",
     seeds: int = 1,
     repo_root=".",
+    download: bool = True,
 ) -> Source:
     """The runs of chapters 3–5 for ``dataset`` (or for ``stand_in`` in its place). The
-    keyword arguments are a profile's ``scale`` (``notebooks/profiles.yml``)."""
+    keyword arguments are a profile's ``scale`` (``notebooks/profiles.yml``). With
+    ``download=False`` (a plan) data that is not on disk is not fetched: ``data`` is then
+    ``None``."""
     used = stand_in or dataset
     at_scale = stand_in is None and not overrides and train_size is None and test_size is None
+    try:
+        data = images(used, data_dir, device, train_size, test_size, download=download)
+    except DatasetUnavailable:
+        if download:
+            raise
+        data = None
     return Source(
         label=dataset if used == dataset else f"{used} for {dataset}",
         dataset=used,
@@ -239,7 +328,7 @@ def paper_source(
         seeds=int(seeds),
         results_dir=Path(results_dir or Path(repo_root) / "results" / used),
         at_scale=at_scale,
-        data=images(used, data_dir, device, train_size, test_size),
+        data=data,
     )
 
 

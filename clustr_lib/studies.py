@@ -426,26 +426,44 @@ STUDY_CHAPTERS = (
 )
 
 
+def chapter_measurements(chapter: str, sources, params: dict) -> dict:
+    """The frames ``chapter`` computes from its ``sources`` with its notebook's ``params``: the
+    calls its cells make, in one place for :func:`study_evaluations` and the plan of a build
+    (:mod:`clustr_lib.plan`). Chapters 1–2 (the 2-D study) use no image runs: ``{}``."""
+    p = params
+    if chapter in ("03_cifar10", "04_svhn", "05_cifar100", "06_digits32_study"):
+        return {"runs": runs_frame(sources)}
+    if chapter == "07_eps_ablation":
+        return {"eps": eps_ablation(sources, p["eps_values"], p["objectives"])}
+    if chapter == "08_d_ablation":
+        clean, robust = d_ablation(sources, p["d_values"], p["objectives"])
+        return {"d_clean": clean, "d_robust": robust}
+    if chapter == "09_adaptive_attack":
+        return {"adaptive": adaptive_attack(sources, p["methods"])}
+    if chapter == "10_audit":
+        return {
+            "attacks": attack_comparison(sources, p["methods"], p["autoattack_methods"]),
+            "gradients": gradient_norms(sources, "clustr_qtrades", p["gradient_objectives"]),
+            "paths": attack_paths(sources, "clustr_qtrades", p["gradient_objectives"]),
+            "certificate": certificate(sources, ["clustr_qtrades", "clustr"]),
+        }
+    if chapter == "11_kmeans_nominal":
+        return {"kmeans": kmeans_on_nominal(sources)}
+    return {}
+
+
 def study_evaluations(source, params: dict) -> dict:
     """Every measurement chapters 7–11 make of a recorded study, with the chapters' own
     parameters (``params``: chapter → its notebook's defaults,
-    :func:`clustr_lib.book.default_parameters`), as the chapters' frames. Run on a study it
-    records each evaluation once (``python -m clustr_lib record``); with ``record_only`` it
-    checks that all are recorded. A variant without nominal or ClusTR + QTRADES runs skips
-    the chapters that need them."""
+    :func:`clustr_lib.book.default_parameters`), as the chapters' frames
+    (:func:`chapter_measurements`). Run on a study it records each evaluation once
+    (``python -m clustr_lib record``); with ``record_only`` it checks that all are recorded.
+    A variant without nominal or ClusTR + QTRADES runs skips the chapters that need them."""
     frames = {}
-    if "clustr_qtrades" in source.methods:
-        eps, d = params["07_eps_ablation"], params["08_d_ablation"]
-        audit = params["10_audit"]
-        frames["eps"] = eps_ablation(source, eps["eps_values"], eps["objectives"])
-        frames["d_clean"], frames["d_robust"] = d_ablation(source, d["d_values"], d["objectives"])
-        frames["adaptive"] = adaptive_attack(source, params["09_adaptive_attack"]["methods"])
-        frames["attacks"] = attack_comparison(source, audit["methods"], audit["autoattack_methods"])
-        frames["gradients"] = gradient_norms(source, "clustr_qtrades", audit["gradient_objectives"])
-        frames["paths"] = attack_paths(source, "clustr_qtrades", audit["gradient_objectives"])
-        frames["certificate"] = certificate(source, ["clustr_qtrades", "clustr"])
-    if "nominal" in source.methods:
-        frames["kmeans"] = kmeans_on_nominal(source)
+    for chapter in STUDY_CHAPTERS:
+        needs = "nominal" if chapter == "11_kmeans_nominal" else "clustr_qtrades"
+        if needs in source.methods:
+            frames.update(chapter_measurements(chapter, source, params[chapter]))
     return frames
 
 

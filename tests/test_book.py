@@ -160,9 +160,15 @@ def test_source_notebooks_are_stripped_and_parameterised():
 
 
 @pytest.fixture(scope="session")
-def built_book():
+def request_log(tmp_path_factory):
+    """Where the smoke book's chapters log every run and evaluation they ask for."""
+    return tmp_path_factory.mktemp("requests") / "requests.jsonl"
+
+
+@pytest.fixture(scope="session")
+def built_book(request_log):
     """Run the smoke profile and build the book, as the README's command does."""
-    env = {**os.environ, "CLUSTR_PROGRESS": "0"}
+    env = {**os.environ, "CLUSTR_PROGRESS": "0", "CLUSTR_REQUEST_LOG": str(request_log)}
     for command in (["run", "--profile", "smoke"], ["build"]):
         proc = subprocess.run(
             [sys.executable, "-m", "clustr_lib", *command],
@@ -397,3 +403,21 @@ def test_a_dead_kernel_is_reported_with_the_chapter_and_left_unbuildable(tiny_bo
     with pytest.raises(RuntimeError, match=r"01_ok.ipynb: the kernel died.*\n.*01_ok.ipynb"):
         book.run("smoke", None, notebooks, profiles, out)
     assert set(book.unfinished_chapters(out, ["01_ok"])) == {"01_ok"}
+
+
+def test_the_smoke_plan_is_exactly_what_the_smoke_book_asked_for(built_book, request_log):
+    """Issue 16: every run and evaluation a chapter asks for is in the plan, and the plan lists
+    nothing the chapters do not ask for."""
+    import json
+
+    from clustr_lib.plan import make_plan
+
+    def key(kind, run, evaluation=None, params=None):
+        return (kind, run, evaluation, json.dumps(params, sort_keys=True) if params else None)
+
+    lines = request_log.read_text().splitlines()
+    asked = {key(**json.loads(line)) for line in lines}
+    listed = {key(t.kind, t.run, t.evaluation, t.params) for t in make_plan("smoke").tasks}
+    assert asked, "the smoke book logged no request"
+    assert not asked - listed, f"asked for but not planned: {sorted(asked - listed)[:5]}"
+    assert not listed - asked, f"planned but never asked for: {sorted(listed - asked)[:5]}"

@@ -1,0 +1,282 @@
+"""The plan of a build, readable before anything runs (``python -m clustr_lib plan``): every
+training run and every evaluation that the selected chapters of a profile need, whether each is
+recorded, and an estimate of its device time.
+
+The needs are not a second list kept by hand: each chapter's sources are built as its notebook
+builds them (:func:`chapter_sources`) and its measurements are the library calls its cells make
+(:func:`clustr_lib.studies.chapter_measurements`), on sources that compute nothing but tell a
+:class:`Planner` what is asked of them (``Source.planner``). ``tests/test_book.py`` checks that
+the smoke book asks for nothing its plan did not list.
+
+Estimates: a recorded task's own measured time (training plus the run's protocol PGD, or the
+evaluation's wall time) on the device that made it; a missing run at the paper's protocol from
+the benchmark recorded for this device (``benchmarks/``, :func:`clustr_lib.bench.training_seconds`);
+a missing PGD evaluation from the benchmark's PGD rate at the paper's width; otherwise unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import bench, book, sources, studies
+from .records import config_hash, device_name, resolve_device, to_plain
+
+PAPER_CHAPTERS = {"03_cifar10": "cifar10", "04_svhn": "svhn", "05_cifar100": "cifar100"}
+EVALUATION_CHAPTERS = {  # chapter → the paper datasets its notebook reads (then the study)
+    "07_eps_ablation": ["cifar10", "svhn", "cifar100"],
+    "08_d_ablation": ["cifar10", "svhn", "cifar100"],
+    "09_adaptive_attack": ["cifar10", "svhn"],
+    "10_audit": ["cifar10", "svhn", "cifar100"],
+    "11_kmeans_nominal": ["cifar10"],
+}
+
+
+def chapter_sources(chapter: str, params: dict, download: bool = True) -> list:
+    """The sources ``chapter`` reads, built from its parameters as its notebook builds them
+    (paths relative to the folder the notebook runs in). ``download=False``: a paper dataset
+    that is not on disk gives a source without data."""
+    scale = dict(params.get("scale") or {})
+    repo_root = params.get("repo_root", ".")
+    if chapter == "06_digits32_study":
+        return [sources.digits32_study(repo_root)]
+    if chapter in PAPER_CHAPTERS:
+        return [
+            sources.paper_source(
+                PAPER_CHAPTERS[chapter], repo_root=repo_root, download=download, **scale
+            )
+        ]
+    if chapter in EVALUATION_CHAPTERS:
+        return sources.chapter_sources(
+            EVALUATION_CHAPTERS[chapter],
+            study=params.get("study", True),
+            repo_root=repo_root,
+            download=download,
+            **scale,
+        )
+    return []  # the 2-D chapters train their small models in the notebook, in minutes
+
+
+@dataclass
+class Task:
+    """One training run or one evaluation of a run that a build needs."""
+
+    kind: str  # "run" or "evaluation"
+    source: str  # the source's label
+    dataset: str
+    method: str
+    seed: int
+    run: str | None  # the run's config hash (None: its data is not on disk, so not known yet)
+    evaluation: str | None = None  # the evaluation's name (clustr_lib.evaluations)
+    params: dict | None = None  # the evaluation's parameters
+    after: str | None = None  # the run it waits for: a ClusTR variant's warm start, or its run
+    recorded: bool = False
+    seconds: float | None = None  # device seconds (measured if recorded, else projected)
+    estimate: str = "unknown"  # where ``seconds`` comes from: recorded / benchmark / unknown
+    device: str | None = None  # where it was recorded, or the device of the projection
+    chapters: list = field(default_factory=list)  # the chapters that need it
+
+    @property
+    def key(self) -> tuple:
+        run = self.run or f"{self.source}/{self.method}/s{self.seed}"
+        params = json.dumps(to_plain(self.params), sort_keys=True) if self.params else None
+        return (self.kind, run, self.evaluation, params)
+
+
+class Planner:
+    """Collects the tasks that sources are asked for (``Source.planner``), once each."""
+
+    def __init__(self, figures: dict | None = None, device: str | None = None):
+        self.tasks: dict[tuple, Task] = {}
+        self.chapter: str | None = None
+        self.figures, self.device = figures, device
+
+    def _add(self, task: Task) -> None:
+        task = self.tasks.setdefault(task.key, task)
+        if self.chapter and self.chapter not in task.chapters:
+            task.chapters.append(self.chapter)
+
+    def add_run(self, source, config: dict, record) -> None:
+        """``config``'s run; ``record`` its record when there is one."""
+        task = self._task("run", source, config)
+        if config["method"] in ("clustr", "clustr_qtrades") and task.run is not None:
+            task.after = config_hash({**config, "method": "nominal"})
+        if record is not None:
+            task.recorded, task.estimate = True, "recorded"
+            task.seconds = record.training["seconds"] + sum(record.attack_seconds.values())
+            task.device = record.provenance["device"]
+        elif source.at_scale and self.figures:
+            with contextlib.suppress(KeyError):  # an older benchmark without this rate
+                task.seconds = bench.training_seconds(self.figures, source.dataset)[
+                    config["method"]
+                ]
+                task.estimate, task.device = "benchmark", self.device
+        self._add(task)
+
+    def add_evaluation(self, source, config, name, params, path, recorded=None) -> None:
+        """Evaluation ``name`` with ``params`` of ``config``'s run (``path``: its record's
+        place, ``None`` while the run is not recorded; ``recorded``: the record, if any)."""
+        task = self._task("evaluation", source, config, name, params)
+        task.after = task.run
+        if recorded is not None:
+            task.recorded, task.estimate = True, "recorded"
+            task.seconds = recorded["provenance"].get("wall_seconds")
+            task.device = recorded["provenance"].get("device")
+        elif name == "pgd" and self.figures and source.settings["width"] == 64:
+            rate = self.figures.get("pgd_every_iterate_image_iterations_per_s")
+            points = params.get("eval_size") or len(source.data.y_test)
+            if rate and points:
+                task.seconds = points * params["restarts"] * max(params["steps"]) / rate
+                task.estimate, task.device = "benchmark", self.device
+        self._add(task)
+
+    @staticmethod
+    def _task(kind, source, config, name=None, params=None) -> Task:
+        return Task(
+            kind=kind,
+            source=source.label,
+            dataset=config["dataset"],
+            method=config["method"],
+            seed=config["seed"],
+            run=config_hash(config) if source.data is not None else None,
+            evaluation=name,
+            params=to_plain(params) if params is not None else None,
+        )
+
+
+def describe(evaluation: str | None, params: dict | None) -> str:
+    """A short label of an evaluation: its name and the parameters that tell it apart."""
+    if evaluation is None:
+        return ""
+    shown = []
+    for key in ("objective", "eps", "rule", "num_nearest", "d_values", "attacks"):
+        if params and key in params:
+            value = params[key]
+            if key == "eps":
+                value = f"{value * 255:g}/255"
+            elif key == "d_values":
+                value = f"{len(value)} values"
+            elif key == "attacks":
+                value = "+".join(value)
+            shown.append(f"{key}={value}")
+    return " ".join([evaluation, *shown])
+
+
+@dataclass
+class Plan:
+    """The tasks of a build of ``chapters`` at ``profile``."""
+
+    profile: str
+    chapters: list
+    tasks: list
+
+    def frame(self) -> pd.DataFrame:
+        """One row per task, in the order the chapters ask for them."""
+        rows = []
+        for t in self.tasks:
+            rows.append(
+                {
+                    "kind": t.kind,
+                    "chapters": ", ".join(c[:2] for c in t.chapters),
+                    "source": t.source,
+                    "method": t.method,
+                    "seed": t.seed,
+                    "run": t.run or "(needs the data)",
+                    "evaluation": describe(t.evaluation, t.params),
+                    "recorded": t.recorded,
+                    "minutes": None if t.seconds is None else t.seconds / 60,
+                    "estimate": t.estimate,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def totals(self) -> dict:
+        """Counts and device time: all tasks, recorded, still to do (known and unknown)."""
+        todo = [t for t in self.tasks if not t.recorded]
+        return {
+            "tasks": len(self.tasks),
+            "runs": sum(t.kind == "run" for t in self.tasks),
+            "evaluations": sum(t.kind == "evaluation" for t in self.tasks),
+            "recorded": len(self.tasks) - len(todo),
+            "to_do": len(todo),
+            "to_do_hours_estimated": sum(t.seconds or 0.0 for t in todo) / 3600,
+            "to_do_without_estimate": sum(t.seconds is None for t in todo),
+            "recorded_hours": sum(t.seconds or 0.0 for t in self.tasks if t.recorded) / 3600,
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "profile": self.profile,
+            "chapters": self.chapters,
+            "totals": self.totals(),
+            "tasks": [to_plain(asdict(t)) for t in self.tasks],
+        }
+
+    def summary(self) -> str:
+        """The plan as text: a table of the tasks and the totals."""
+        t = self.totals()
+        lines = [
+            f"Plan of profile {self.profile!r}, chapters {', '.join(self.chapters)}: "
+            f"{t['runs']} runs and {t['evaluations']} evaluations, {t['recorded']} recorded "
+            f"({t['recorded_hours']:.2f} device-hours when they were made), {t['to_do']} to do "
+            f"(estimated {t['to_do_hours_estimated']:.2f} device-hours; "
+            f"{t['to_do_without_estimate']} without an estimate).",
+        ]
+        if any(task.run is None for task in self.tasks):
+            lines.append(
+                "Runs marked (needs the data) are of a dataset not on disk (a plan downloads "
+                "nothing): their keys, and the evaluations made of them, are listed once it is."
+            )
+        todo = self.frame()
+        if len(todo):
+            todo = todo[~todo["recorded"]]
+            if len(todo):
+                lines += ["", "To do:", todo.drop(columns="recorded").to_string(index=False)]
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    """Run in ``path`` as the notebooks do (their relative paths are relative to it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def make_plan(
+    profile: str = book.DEFAULT_PROFILE,
+    only=None,
+    notebooks: Path = book.NOTEBOOKS,
+    profiles_path: Path = book.PROFILES,
+    output_dir: Path = book.EXECUTED,
+    device: str = "auto",
+) -> Plan:
+    """The plan of running ``only`` (default: every chapter) at ``profile``
+    (:func:`clustr_lib.book.plan` checks the request first). Trains, attacks and downloads
+    nothing; data already on disk is loaded, to know the runs' keys."""
+    steps = book.plan(profile, only, notebooks, profiles_path, output_dir)
+    name = device_name(resolve_device(device))
+    planner = Planner(bench.recorded_figures(name), name)
+    with _working_directory(Path(output_dir)):
+        for chapter, params in steps:
+            params = {**book.default_parameters(chapter, notebooks), **params}
+            planner.chapter = chapter
+            found = chapter_sources(chapter, params, download=False)
+            for source in found:
+                source.planner = planner
+            with_data = [s for s in found if s.data is not None]
+            for source in found:
+                if source.data is None:  # its keys need the data: list its runs only
+                    source.runs()
+            if with_data:
+                studies.chapter_measurements(chapter, with_data, params)
+    return Plan(profile, [c for c, _ in steps], list(planner.tasks.values()))

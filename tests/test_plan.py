@@ -1,0 +1,99 @@
+"""The plan of a build (issue 16): every run and evaluation the chapters need, recorded or not,
+listed without training, attacking, downloading or writing anything."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clustr_lib import book, evaluations, plan, protocol, records, runs, sources, studies
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = dict(
+    width=2,
+    ce_epochs=1,
+    ce_milestones=[1],
+    magnet_epochs=1,
+    eval_size=8,
+    pgd_restarts=1,
+    pgd_steps=[2],
+    samples_per_cluster=5,
+)
+
+
+def forbid(*args, **kwargs):
+    raise AssertionError("a plan computed something")
+
+
+def test_a_plan_lists_runs_and_evaluations_and_computes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "run", forbid)
+    monkeypatch.setattr(runs, "train_run", forbid)
+    for name in list(evaluations.EVALUATIONS):
+        monkeypatch.setitem(evaluations.EVALUATIONS, name, forbid)
+    src = sources.paper_source(
+        "cifar10",
+        stand_in="digits32",
+        train_size=200,
+        test_size=40,
+        overrides=TINY,
+        seeds=2,
+        results_dir=tmp_path / "results",
+    )
+    planner = plan.Planner()
+    src.planner = planner
+    frames = studies.chapter_measurements(
+        "07_eps_ablation", [src], {"eps_values": [2, 8, 16], "objectives": ["paper", "ce"]}
+    )
+    assert len(frames["eps"]) == 0  # nothing recorded, nothing measured
+    tasks = list(planner.tasks.values())
+    ran = [t for t in tasks if t.kind == "run"]
+    evaluated = [t for t in tasks if t.kind == "evaluation"]
+    # ClusTR + QTRADES on 2 seeds; at 2 and 16/255 x 2 objectives x 2 seeds (8/255 is the
+    # protocol's own PGD, recorded with the run)
+    assert sorted((t.method, t.seed) for t in ran) == [("clustr_qtrades", 0), ("clustr_qtrades", 1)]
+    assert len(evaluated) == 2 * 2 * 2
+    eps = sorted({round(t.params["eps"] * 255) for t in evaluated})
+    assert eps == [2, 16] and not any(t.recorded for t in tasks)
+    for t in ran:  # each waits for its seed's warm start
+        config = runs.run_config("digits32", "clustr_qtrades", t.seed, src.settings, src.data)
+        assert t.run == records.config_hash(config)
+        assert t.after == records.config_hash({**config, "method": "nominal"})
+    assert all(t.after in {r.run for r in ran} for t in evaluated)
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_the_recorded_study_plans_as_recorded_with_its_measured_time():
+    found = plan.make_plan("smoke", ["06_digits32_study"])
+    study = sources.digits32_study(book.ROOT)
+    files = [
+        json.loads(records.record_path(study.results_dir, c).read_text()) for c in study.configs()
+    ]
+    expected = sum(f["training"]["seconds"] + sum(f["attack_seconds"].values()) for f in files)
+    assert len(found.tasks) == len(protocol.METHODS) * study.seeds == len(files)
+    assert all(t.recorded and t.estimate == "recorded" for t in found.tasks)
+    assert found.totals()["recorded_hours"] == pytest.approx(expected / 3600)
+    assert found.totals()["to_do"] == 0
+
+
+def test_a_paper_dataset_not_on_disk_is_planned_without_downloading(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLUSTR_DATA", str(tmp_path))  # an empty data folder
+    found = plan.make_plan("full", ["03_cifar10"])
+    assert len(found.tasks) == len(sources.paper_source("cifar10", download=False).methods)
+    assert all(t.run is None and not t.recorded for t in found.tasks)
+    assert not any(tmp_path.iterdir())  # nothing downloaded
+    assert "needs the data" in found.summary()
+
+
+def test_the_command_line_prints_the_plan_and_refuses_bad_requests():
+    cmd = [sys.executable, "-m", "clustr_lib", "plan"]
+    out = subprocess.run(
+        [*cmd, "--only", "06_digits32_study", "--json"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    parsed = json.loads(out.stdout)
+    assert parsed["totals"]["runs"] == len(parsed["tasks"]) and parsed["profile"] == "smoke"
+    bad = subprocess.run([*cmd, "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown profile 'nope'" in bad.stderr
