@@ -18,7 +18,7 @@ PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	@if [ -z "$(LOCK)" ]; then $(PIP) -e ".[test]"; \
+	@if [ -z "$(LOCK)" ]; then $(PIP) -e ".[test,ray]"; \
 	elif command -v uv >/dev/null 2>&1; then \
 	  uv pip install --quiet --python $(PY) -r $(LOCK) && \
 	  uv pip install --quiet --python $(PY) --no-deps -e .; \
@@ -30,7 +30,9 @@ install: $(VENV)/.installed
 
 # Rewrite the lock from the environment in .venv (after an intended upgrade).
 lock: install
-	{ sed -n '/^#/p' requirements.lock; $(VENV)/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	{ sed -n '/^#/p' requirements.lock; \
+	  $(VENV)/bin/pip list --format=freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)=='; \
+	} > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 browser:

@@ -9,6 +9,7 @@ import json
 import sys
 
 from . import book
+from .executors import EXECUTORS, ExecutionError, execute
 from .plan import make_plan
 from .sources import STUDIES, study_sources
 from .studies import STUDY_CHAPTERS, study_evaluations
@@ -24,6 +25,15 @@ def main(argv=None) -> int:
         help="parameter profile from notebooks/profiles.yml (default: %(default)s)",
     )
     run.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
+    run.add_argument(
+        "--executor",
+        default="local",
+        choices=EXECUTORS,
+        help="local: the notebooks train and evaluate what they need, one after another; ray: "
+        "first every missing run and evaluation of the plan as tasks on Ray (default: %(default)s)",
+    )
+    run.add_argument("--address", help="with --executor ray: a Ray cluster (e.g. auto)")
+    run.add_argument("--threads", type=int, help="torch threads per task (default: torch's)")
     plan = sub.add_parser(
         "plan", help="list the runs and evaluations a build needs, recorded or not (runs nothing)"
     )
@@ -39,6 +49,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
+            if args.address and args.executor != "ray":
+                raise ExecutionError("--address needs --executor ray")
+            if args.executor != "local":
+                execute(
+                    make_plan(args.profile, args.only), args.executor, args.address, args.threads
+                )
             book.run(args.profile, args.only)
             return 0
         if args.command == "plan":
@@ -58,7 +74,7 @@ def main(argv=None) -> int:
                 )
             return 0
         return book.build(strict=not args.no_strict)
-    except (book.PlanError, RuntimeError) as err:
+    except (book.PlanError, RuntimeError) as err:  # ExecutionError is a RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, book.PlanError) else 1
 

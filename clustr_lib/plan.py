@@ -169,11 +169,15 @@ def describe(evaluation: str | None, params: dict | None) -> str:
 
 @dataclass
 class Plan:
-    """The tasks of a build of ``chapters`` at ``profile``."""
+    """The tasks of a build of ``chapters`` at ``profile`` (``parameters``: each chapter's,
+    its notebook's defaults with the profile's values; ``output_dir``: where its notebooks
+    run, which their relative paths start from)."""
 
     profile: str
     chapters: list
     tasks: list
+    parameters: dict = field(default_factory=dict)
+    output_dir: str = "."
 
     def frame(self) -> pd.DataFrame:
         """One row per task, in the order the chapters ask for them."""
@@ -212,6 +216,7 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "profile": self.profile,
+            "output_dir": self.output_dir,
             "chapters": self.chapters,
             "totals": self.totals(),
             "tasks": [to_plain(asdict(t)) for t in self.tasks],
@@ -241,7 +246,7 @@ class Plan:
 
 
 @contextlib.contextmanager
-def _working_directory(path: Path):
+def working_directory(path: Path):
     """Run in ``path`` as the notebooks do (their relative paths are relative to it)."""
     path.mkdir(parents=True, exist_ok=True)
     before = Path.cwd()
@@ -266,9 +271,11 @@ def make_plan(
     steps = book.plan(profile, only, notebooks, profiles_path, output_dir)
     name = device_name(resolve_device(device))
     planner = Planner(bench.recorded_figures(name), name)
-    with _working_directory(Path(output_dir)):
+    parameters = {}
+    with working_directory(Path(output_dir)):
         for chapter, params in steps:
             params = {**book.default_parameters(chapter, notebooks), **params}
+            parameters[chapter] = params
             planner.chapter = chapter
             found = chapter_sources(chapter, params, download=False)
             for source in found:
@@ -279,4 +286,10 @@ def make_plan(
                     source.runs()
             if with_data:
                 studies.chapter_measurements(chapter, with_data, params)
-    return Plan(profile, [c for c, _ in steps], list(planner.tasks.values()))
+    return Plan(
+        profile,
+        [c for c, _ in steps],
+        list(planner.tasks.values()),
+        parameters,
+        str(Path(output_dir).resolve()),
+    )

@@ -178,7 +178,7 @@ class Source:
             raise ValueError(f"unknown evaluation {name!r}; known: {', '.join(EVALUATIONS)}")
         if self.planner is not None:
             return self._plan_evaluation(method, name, params)
-        return [self._evaluate_run(record, name, params, force) for record in self.runs(method)]
+        return [self.evaluate_run(record, name, params, force) for record in self.runs(method)]
 
     def _evaluation_path(self, record: RunRecord, key: dict) -> Path:
         return record_path(
@@ -236,7 +236,9 @@ class Source:
             for r in self.runs(method)
         ]
 
-    def _evaluate_run(self, record: RunRecord, name: str, params: dict, force: bool) -> dict:
+    def evaluate_run(self, record: RunRecord, name: str, params: dict, force: bool = False) -> dict:
+        """Measurement ``name`` with ``params`` of one recorded run, read from its record when
+        there is one, else computed and recorded: ``{"seed", "metrics"}``."""
         config = record.config
         key = evaluation_key(record, name, params)
         log_request(

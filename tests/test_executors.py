@@ -1,0 +1,180 @@
+"""Executing a plan (issue 16): here one task after another, or as tasks on a real local Ray
+instance; both record each run once, with the same weights and metrics."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from clustr_lib import executors, plan, studies
+from clustr_lib.train import Checkpoint
+
+TINY = dict(
+    width=2,
+    ce_epochs=1,
+    ce_milestones=[1],
+    magnet_epochs=1,
+    eval_size=8,
+    pgd_restarts=1,
+    pgd_steps=[2],
+    samples_per_cluster=5,
+    free_replays=1,
+    trades_steps=1,
+)
+
+
+def tiny_plan(folder, train_size=200, **overrides) -> plan.Plan:
+    """Chapter 3's runs and chapter 7's evaluations of them on a tiny digits32 stand-in."""
+    scale = dict(
+        stand_in="digits32",
+        train_size=train_size,
+        test_size=40,
+        overrides={**TINY, **overrides},
+        results_dir=str(folder / "results"),
+    )
+    parameters = {
+        "03_cifar10": {"scale": scale, "repo_root": "."},
+        "07_eps_ablation": {
+            "scale": scale,
+            "repo_root": ".",
+            "study": False,
+            "eps_values": [2, 8],
+            "objectives": ["ce"],
+        },
+    }
+    planner = plan.Planner()
+    for chapter, params in parameters.items():
+        planner.chapter = chapter
+        found = plan.chapter_sources(chapter, params)
+        for source in found:
+            source.planner = planner
+        studies.chapter_measurements(chapter, found, params)
+    return plan.Plan(
+        "test", list(parameters), list(planner.tasks.values()), parameters, str(folder)
+    )
+
+
+def recorded(folder) -> dict:
+    """Run → (a SHA-256 of its trained tensors, its metrics) for every run recorded under
+    ``folder`` (the weights file's own hash also covers its wall-clock training time)."""
+    out = {}
+    for path in sorted((folder / "results").glob("*.json")):
+        record = json.loads(path.read_text())
+        state = torch.load(folder / "results" / "models" / f"{path.stem}.pt", weights_only=True)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(state["model"].items()):
+            digest.update(name.encode() + tensor.cpu().contiguous().numpy().tobytes())
+        out[path.stem] = (digest.hexdigest(), record["metrics"])
+    return out
+
+
+def evaluations_of(folder) -> dict:
+    """Evaluation (its run and parameters) → metrics; the file's hash covers the run's
+    creation time, so it is left out."""
+    out = {}
+    for path in sorted((folder / "results" / "evaluations").glob("*.json")):
+        record = json.loads(path.read_text())
+        what = (path.name.rsplit("-", 1)[0], json.dumps(record["key"]["params"], sort_keys=True))
+        out[what] = record["metrics"]
+    return out
+
+
+def test_bad_requests_are_refused_before_any_task(tmp_path):
+    found = tiny_plan(tmp_path)
+    with pytest.raises(executors.ExecutionError, match="unknown executor 'slurm'"):
+        executors.execute(found, "slurm")
+    dataless = plan.Plan("test", [], [plan.Task("run", "cifar10", "cifar10", "nominal", 0, None)])
+    with pytest.raises(executors.ExecutionError, match="data not on disk.*cifar10"):
+        executors.execute(dataless, "local")
+    for address, problem in (("nowhere", "host:port"), ("127.0.0.1:9", "cannot reach")):
+        with pytest.raises(executors.ExecutionError, match=problem):
+            executors.execute(found, "ray", address=address)
+    assert not (tmp_path / "results").exists()
+
+
+def test_local_execution_records_every_planned_task_once(tmp_path):
+    found = tiny_plan(tmp_path)
+    runs = [t for t in found.tasks if t.kind == "run"]
+    evaluations = [t for t in found.tasks if t.kind == "evaluation"]
+    assert len(runs) == 7 and len(evaluations) == 1  # 2/255 on ClusTR + QTRADES, ce
+    executors.execute(found, "local", threads=1, progress=False)
+    assert len(recorded(tmp_path)) == 7 and len(evaluations_of(tmp_path)) == 1
+    again = tiny_plan(tmp_path)
+    assert all(t.recorded for t in again.tasks)  # the plan now finds everything recorded
+    assert executors.execute(again, "local") == []  # and nothing is done twice
+
+
+@pytest.mark.slow
+def test_ray_execution_matches_local_execution(tmp_path):
+    ray = pytest.importorskip("ray")
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    local.mkdir(), distributed.mkdir()
+    executors.execute(tiny_plan(local), "local", threads=1, progress=False)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = executors.execute(tiny_plan(distributed), "ray", threads=1, progress=False)
+    finally:
+        ray.shutdown()
+    assert len(results) == 8
+    assert recorded(distributed) == recorded(local)  # same weights, same metrics, once each
+    assert evaluations_of(distributed) == evaluations_of(local)
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+    ray = pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    local.mkdir(), distributed.mkdir()
+
+    def nominal_only(folder):
+        found = tiny_plan(folder, train_size=1000, width=4, ce_epochs=30, ce_milestones=[20])
+        found.tasks = [t for t in found.tasks if t.method == "nominal"]
+        return found
+
+    executors.execute(nominal_only(local), "local", threads=1, progress=False)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    outcome = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(
+            results=executors.execute(nominal_only(distributed), "ray", threads=1, progress=False)
+        )
+    )
+    try:
+        worker.start()
+        models = distributed / "results" / "models"
+        deadline, killed = time.time() + 240, []
+        while time.time() < deadline and not killed:
+            ckpt = next(models.glob(".*.ckpt"), None) if models.exists() else None
+            sidecar = ckpt and ckpt.with_name(ckpt.name + ".sha256")
+            if sidecar and sidecar.exists() and Checkpoint(ckpt).load()["epoch"] >= 2:
+                for proc in psutil.process_iter(["cmdline"]):
+                    if (proc.info["cmdline"] or [""])[0].startswith("ray::do"):
+                        proc.kill()  # SIGKILL of the worker running the task
+                        killed.append(proc.pid)
+            time.sleep(0.1)
+        worker.join(timeout=300)
+    finally:
+        ray.shutdown()
+    assert killed, "no worker was caught mid-run"
+    assert len(outcome["results"]) == 1  # retried on another worker, completed
+    assert recorded(distributed) == recorded(local)  # resumed to the same weights
+
+
+def test_the_command_line_refuses_a_bad_executor_or_address_before_running():
+    cmd = [sys.executable, "-m", "clustr_lib", "run", "--only", "06_digits32_study"]
+    bad = subprocess.run([*cmd, "--executor", "slurm"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'slurm'" in bad.stderr
+    stray = subprocess.run([*cmd, "--address", "auto"], capture_output=True, text=True)
+    assert stray.returncode == 1 and "--address needs --executor ray" in stray.stderr
+    unreachable = [*cmd, "--executor", "ray", "--address", "127.0.0.1:9"]
+    gone = subprocess.run(unreachable, capture_output=True, text=True)
+    assert gone.returncode == 1 and "cannot reach a Ray cluster" in gone.stderr
