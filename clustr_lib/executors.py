@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import plan as planning
 from .checks import progress_enabled
+from .files import weak_locks
 from .records import config_hash, load_run
 from .runs import run, run_config
 
@@ -111,6 +112,8 @@ def execute(
     failed, after every other task has completed."""
     if executor not in EXECUTORS:
         raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if executor == "ray" and address:  # other machines: the cache's locks must hold across them
+        check_shared_locks(found)
     if executor == "ray":
         check_address(address)
     jobs = jobs_of(found, threads)
@@ -129,6 +132,24 @@ def _local(jobs: list[Job], progress: bool) -> list[dict]:
             failed.append((job, err))
     _raise_failures(failed)
     return results
+
+
+def check_shared_locks(found: planning.Plan) -> None:
+    """Refuse to spread a plan over machines when its results folders are on a filesystem
+    whose locks may not hold across them (:func:`clustr_lib.files.weak_locks`): two machines
+    could then train one run at once and interleave its files. ``CLUSTR_TRUST_LOCKS=1``
+    overrides this for a filesystem known to have working ``fcntl`` locks (NFS with lockd)."""
+    if os.environ.get("CLUSTR_TRUST_LOCKS") == "1":
+        return
+    folders = sorted({t.results_dir for t in found.tasks if not t.recorded and t.results_dir})
+    weak = [(folder, kind) for folder in folders if (kind := weak_locks(folder))]
+    if weak:
+        where = ", ".join(f"{folder} ({kind})" for folder, kind in weak)
+        raise ExecutionError(
+            f"the results cache is on a filesystem whose locks may not hold between machines: "
+            f"{where}. Put results/ on one with working fcntl locks, run on one machine (no "
+            f"--address), or set CLUSTR_TRUST_LOCKS=1 if this one has them (NFS with lockd)"
+        )
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -169,6 +190,12 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
             raise ExecutionError(f"cannot reach a Ray cluster at {address!r}: {err}") from None
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        heavy = sum(job.task.get("at_scale", False) for job in jobs)
+        if heavy and not gpus and os.environ.get("CLUSTR_ALLOW_CPU") != "1":
+            raise ExecutionError(
+                f"{heavy} task(s) at the paper's protocol need GPUs, and this Ray cluster has "
+                "none (CLUSTR_ALLOW_CPU=1 runs them on its CPUs: days, not hours)"
+            )
         remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=3, retry_exceptions=False)(do)
         refs, by_key = [], {}
         for job in jobs:  # a task waits for the run it needs (an ObjectRef argument)

@@ -99,3 +99,37 @@ def check_writable(*directories) -> None:
                 f"cannot write results to {directory} ({err.strerror}); choose another "
                 "results_dir or fix its permissions before training"
             ) from None
+
+
+# Filesystems whose fcntl locks are not shared between machines, or not at all (NFS without a
+# lock daemon, SMB/CIFS, FUSE mounts such as sshfs, VirtualBox and 9p shares)
+WEAK_LOCK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "vboxsf"})
+
+
+def filesystem_type(path, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the filesystem holding ``path`` (the longest mount point above it in
+    ``mounts``), or ``None`` where that cannot be read (not Linux)."""
+    target = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def weak_locks(path) -> str | None:
+    """The filesystem type of ``path`` when its locks may not hold across machines, else
+    ``None``."""
+    kind = filesystem_type(path)
+    if kind is None:
+        return None
+    return kind if kind in WEAK_LOCK_FILESYSTEMS or kind.startswith("fuse") else None

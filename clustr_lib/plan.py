@@ -80,6 +80,8 @@ class Task:
     estimate: str = "unknown"  # where ``seconds`` comes from: recorded / benchmark / unknown
     device: str | None = None  # where it was recorded, or the device of the projection
     chapters: list = field(default_factory=list)  # the chapters that need it
+    results_dir: str | None = None  # where its record goes (absolute)
+    at_scale: bool = False  # the paper's protocol on a paper dataset (GPU-hours)
 
     @property
     def key(self) -> tuple:
@@ -146,6 +148,8 @@ class Planner:
             run=config_hash(config) if source.data is not None else None,
             evaluation=name,
             params=to_plain(params) if params is not None else None,
+            results_dir=str(Path(source.results_dir).resolve()),
+            at_scale=bool(source.at_scale),
         )
 
 

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from clustr_lib import executors, plan, studies
+from clustr_lib import executors, files, plan, studies
 from clustr_lib.train import Checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = dict(
     width=2,
@@ -111,6 +114,22 @@ def test_local_execution_records_every_planned_task_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_paper_scale_tasks_on_a_ray_cluster_without_gpus_are_refused(tmp_path):
+    ray = pytest.importorskip("ray")
+    found = tiny_plan(tmp_path)
+    for task in found.tasks:
+        task.at_scale = True  # as if the paper's protocol on CIFAR-10
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(executors.ExecutionError, match="need GPUs.*has none"):
+            executors.execute(found, "ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
 def test_ray_execution_matches_local_execution(tmp_path):
     ray = pytest.importorskip("ray")
     local, distributed = tmp_path / "local", tmp_path / "ray"
@@ -178,3 +197,38 @@ def test_the_command_line_refuses_a_bad_executor_or_address_before_running():
     unreachable = [*cmd, "--executor", "ray", "--address", "127.0.0.1:9"]
     gone = subprocess.run(unreachable, capture_output=True, text=True)
     assert gone.returncode == 1 and "cannot reach a Ray cluster" in gone.stderr
+
+
+def test_a_cluster_run_on_a_filesystem_with_weak_locks_is_refused(tmp_path, monkeypatch):
+    found = tiny_plan(tmp_path)
+    monkeypatch.setattr(executors, "weak_locks", lambda path: "nfs4")
+    with pytest.raises(executors.ExecutionError, match=r"locks may not hold.*\(nfs4\)"):
+        executors.execute(found, "ray", address="127.0.0.1:9")
+    monkeypatch.setenv("CLUSTR_TRUST_LOCKS", "1")  # then the address is what is refused
+    with pytest.raises(executors.ExecutionError, match="cannot reach"):
+        executors.execute(found, "ray", address="127.0.0.1:9")
+
+
+def test_the_filesystem_of_a_path_is_its_longest_mount_point(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "server:/export /shared nfs4 rw 0 0\n"
+        "server:/export/x /shared/local\\040disk ext4 rw 0 0\n"
+    )
+    assert files.filesystem_type("/shared/results/x.json", mounts) == "nfs4"
+    assert files.filesystem_type("/shared/local disk/r", mounts) == "ext4"
+    assert files.filesystem_type("/sharedother", mounts) == "ext4"  # not under /shared
+    assert files.filesystem_type("/x", tmp_path / "absent") is None
+
+
+def test_the_slurm_script_is_valid_bash_and_calls_the_real_commands():
+    script = ROOT / "scripts" / "slurm" / "clustr_book.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "#SBATCH --gpus-per-task" in text and "ray start --head" in text
+    for command in ("plan --profile", "run --profile", "build"):
+        assert f"python -m clustr_lib {command}" in text
+    assert "--executor ray --address" in text
+    page = (ROOT / "book" / "cluster.md").read_text()
+    assert "scripts/slurm/clustr_book.sbatch" in page and "CLUSTR_TRUST_LOCKS" in page
