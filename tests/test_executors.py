@@ -232,3 +232,42 @@ def test_the_slurm_script_is_valid_bash_and_calls_the_real_commands():
     assert "--executor ray --address" in text
     page = (ROOT / "book" / "cluster.md").read_text()
     assert "scripts/slurm/clustr_book.sbatch" in page and "CLUSTR_TRUST_LOCKS" in page
+
+
+DRIVER = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from test_executors import tiny_plan
+from clustr_lib import executors
+results = executors.execute(tiny_plan(Path(sys.argv[1])), "local", threads=1, progress=False)
+print(json.dumps({r["run"]: r["weights_sha256"] for r in results if "weights_sha256" in r}))
+"""
+
+
+@pytest.mark.slow
+def test_two_drivers_started_together_on_one_plan_train_each_run_once(tmp_path):
+    tests = str(Path(__file__).resolve().parent)
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(tmp_path), tests],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for _ in range(2)
+    ]
+    outs = [d.communicate(timeout=600) for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], [err[-2000:] for _, err in outs]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    on_disk = {
+        path.stem.rsplit("-", 1)[1]: json.loads(path.read_text())["weights_sha256"]
+        for path in (tmp_path / "results").glob("*.json")
+    }
+    assert len(on_disk) == 7 and set(first) | set(second) == set(on_disk)
+    # a weights file's hash covers its training time, so a run trained twice would differ:
+    # what each driver got is the one recorded run (a driver that planned after a run was
+    # recorded skips it; one that reached it while it trained waited on its lock and read it)
+    assert all(on_disk[run] == sha for run, sha in {**first, **second}.items())
+    assert all(first[run] == second[run] for run in set(first) & set(second))
