@@ -487,7 +487,8 @@ def autoattack(
     The attacks run in sequence, each on the points still robust, with the
     standard version's settings; the robust accuracy after each attack is returned
     in ``extra["robust_after"]``. A ClusterModel's log-probabilities serve as the
-    logits (see :class:`FiniteLogits`).
+    logits (see :class:`FiniteLogits`); ``extra["robust_masks"]`` holds the ``[N]`` robust
+    mask after each.
     """
     y, eps_vec = _check_attack_inputs(x, y, eps, norm)
     unknown = set(attacks) - set(STANDARD_AUTOATTACK)
@@ -516,6 +517,7 @@ def autoattack(
         robust = clean_correct.clone()
         x_adv = x.clone()
         robust_after = {"clean": float(robust.float().mean())}
+        masks = {"clean": robust.clone()}
         for name in attacks:
             todo = torch.nonzero(robust).squeeze(1)
             if len(todo):
@@ -525,10 +527,11 @@ def autoattack(
                 robust[todo[fooled]] = False
                 x_adv[todo[fooled]] = adv[fooled]
             robust_after[name] = float(robust.float().mean())
+            masks[name] = robust.clone()
     return AttackResult(
         x_adv=x_adv,
         clean_correct=clean_correct,
         robust=robust,
         broken_by_restart=(~robust & clean_correct)[None],
-        extra={"robust_after": robust_after},
+        extra={"robust_after": robust_after, "robust_masks": masks},
     )

@@ -7,6 +7,11 @@ metrics, so that :meth:`clustr_lib.sources.Source.evaluate` can record its resul
 of its parameters. Attacked points are the first ``eval_size`` test images. These are the only
 PGD and AutoAttack entry points above :mod:`clustr_lib.attacks`: a run's own protocol PGD
 (:func:`clustr_lib.runs.evaluate`) is :func:`pgd_accuracy` too.
+
+PGD and AutoAttack are defined shard by shard (:data:`SHARD_SIZE` points each, each with its
+own seed) and merged (:func:`merge_shards`), so that the shards of a large evaluation can run
+as separate tasks (:mod:`clustr_lib.executors`) and still give the record one process gives.
+An evaluation of at most one shard's points is exactly the unsharded attack.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .certify import certified_radius, lipschitz_upper_bound, nearest_cluster_pr
 from .classify import ClusterClassifier, ClusterModel
 from .magnet import ClusterIndex
 from .models import WithHead
+from .protocol import PROTOCOL
 from .train import embed_all
 
 
@@ -47,10 +53,42 @@ def with_num_nearest(model, num_nearest: int | None):
     return ClusterModel(model.embedder, classifier).eval()
 
 
-def pgd_accuracy(
+SHARD_SIZE = PROTOCOL["shard_size"]  # attacked points per shard of a PGD or AutoAttack evaluation
+SHARD_SEED_STEP = 1_000_003  # shard s attacks with seed + s · this (shard 0: the seed itself)
+
+
+def shards(points: int, shard_size: int = SHARD_SIZE) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` ranges of the shards of ``points`` attacked points: consecutive
+    blocks of ``shard_size`` (the last one shorter)."""
+    if int(shard_size) < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    size = int(shard_size)
+    return [(start, min(start + size, points)) for start in range(0, max(points, 1), size)]
+
+
+def shard_count(name: str, data, params: dict) -> int:
+    """How many shards evaluation ``name`` with ``params`` has on ``data`` (1 for one that
+    is not split: every evaluation but PGD and AutoAttack)."""
+    if name not in SHARDED:
+        return 1
+    points = len(attacked_points(data, params.get("eval_size"))[1])
+    return len(shards(points, params.get("shard_size", SHARD_SIZE)))
+
+
+def _shard_inputs(data, eval_size, shard: int, shard_size: int, seed: int):
+    x, y = attacked_points(data, eval_size)
+    ranges = shards(len(y), shard_size)
+    if not 0 <= int(shard) < len(ranges):
+        raise ValueError(f"shard {shard} of {len(ranges)}")
+    start, stop = ranges[int(shard)]
+    return x[start:stop], y[start:stop], int(seed) + SHARD_SEED_STEP * int(shard)
+
+
+def pgd_shard(
     model,
     data,
     *,
+    shard: int,
     eps: float,
     step_size: float,
     steps,
@@ -62,11 +100,12 @@ def pgd_accuracy(
     restarts_per_pass=None,
     seed: int = 0,
     rule: str = "any_restart",
+    shard_size: int = SHARD_SIZE,
 ) -> dict:
-    """PGD ℓ∞ robust accuracy at each of ``steps`` (read off one run of ``max(steps)``
-    iterations) under ``rule`` (:data:`clustr_lib.attacks.PGD_RULES`), e.g. Table 4's
-    PGD-20/100 at another ε or Fig. 4's PGD-20 at another D."""
-    x, y = attacked_points(data, eval_size)
+    """PGD ℓ∞ on shard ``shard`` of the attacked points, per point: ``{"clean": [correct],
+    "robust": {steps: [robust]}}`` under ``rule`` (:data:`clustr_lib.attacks.PGD_RULES`),
+    read off one run of ``max(steps)`` iterations."""
+    x, y, seed = _shard_inputs(data, eval_size, shard, shard_size, seed)
     result = pgd(
         with_num_nearest(model, num_nearest),
         x,
@@ -83,19 +122,66 @@ def pgd_accuracy(
         rule=rule,
     )
     return {
-        "clean": result.clean_accuracy,
-        "robust": {str(t): float(r.float().mean()) for t, r in result.extra["robust_at"].items()},
+        "clean": result.clean_correct,
+        "robust": {str(t): r for t, r in result.extra["robust_at"].items()},
     }
 
 
-def autoattack_accuracy(model, data, *, eps: float, attacks, eval_size=None, seed: int = 0) -> dict:
-    """Robust accuracy after each AutoAttack attack in turn (``robust_after``), on
-    Eq. (4)'s log-probabilities for a ClusterModel."""
-    x, y = attacked_points(data, eval_size)
+def autoattack_shard(
+    model,
+    data,
+    *,
+    shard: int,
+    eps: float,
+    attacks,
+    eval_size=None,
+    seed: int = 0,
+    shard_size: int = SHARD_SIZE,
+) -> dict:
+    """AutoAttack's attacks in turn on shard ``shard`` of the attacked points, per point:
+    ``{"clean": [correct], "robust_after": {attack: [robust]}}``, on Eq. (4)'s
+    log-probabilities for a ClusterModel."""
+    x, y, seed = _shard_inputs(data, eval_size, shard, shard_size, seed)
     num_classes = int(data.num_classes)
     attacks = [a for a in attacks if num_classes >= 4 or a not in ("apgd-t", "fab-t")]
     result = autoattack(model, x, y, eps=eps, attacks=tuple(attacks), seed=seed, batch_size=500)
-    return {"clean": result.clean_accuracy, "robust_after": result.extra["robust_after"]}
+    return {"clean": result.clean_correct, "robust_after": result.extra["robust_masks"]}
+
+
+SHARDED = {"pgd": pgd_shard, "autoattack": autoattack_shard}
+
+
+def merge_shards(parts: list[dict]) -> dict:
+    """The metrics of a sharded evaluation from its shards' per-point results (in shard
+    order): each per-point list concatenated, then its mean (float32, as one unsharded
+    computation takes it), so that any split gives the same record."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: merge_shards([p[k] for p in parts]) for k in first}
+    values = torch.cat([torch.as_tensor(p, dtype=torch.bool).flatten().cpu() for p in parts])
+    return float(values.float().mean())
+
+
+def by_shards(name: str, model, data, params: dict) -> dict:
+    """Evaluation ``name`` (a key of :data:`SHARDED`) with ``params``, one shard after the
+    other in this process, merged (:func:`merge_shards`)."""
+    count = shard_count(name, data, params)
+    return merge_shards([SHARDED[name](model, data, shard=s, **params) for s in range(count)])
+
+
+def pgd_accuracy(model, data, **params) -> dict:
+    """PGD ℓ∞ robust accuracy at each of ``params["steps"]`` (e.g. Table 4's PGD-20/100 at
+    another ε or Fig. 4's PGD-20 at another D): ``{"clean", "robust": {steps: accuracy}}``.
+    The attacked points are split into shards of ``shard_size`` (:data:`SHARD_SIZE`), each
+    attacked with its own seed (:func:`pgd_shard`): the same numbers whether the shards run
+    here one after another or as tasks on several machines."""
+    return by_shards("pgd", model, data, params)
+
+
+def autoattack_accuracy(model, data, **params) -> dict:
+    """Robust accuracy after each AutoAttack attack in turn (``robust_after``), in shards as
+    :func:`pgd_accuracy` (:func:`autoattack_shard`)."""
+    return by_shards("autoattack", model, data, params)
 
 
 def gradient_norms(model, data, *, objectives, eval_size=None, alpha=None) -> dict:

@@ -57,7 +57,7 @@ def jobs_of(found: planning.Plan, threads: int | None = None) -> list[Job]:
             f"{len(dataless)} planned run(s) are of data not on disk ({', '.join(names)}); "
             "load the datasets once (e.g. run one of their chapters locally) and plan again"
         )
-    order = {"run": 0, "evaluation": 2}
+    order = {"run": 0, "shard": 2, "evaluation": 3}
     todo.sort(key=lambda t: order[t.kind] + (1 if t.kind == "run" and t.after else 0))
     return [
         Job(asdict(t), t.chapters[0], found.parameters[t.chapters[0]], found.output_dir, threads)
@@ -67,7 +67,8 @@ def jobs_of(found: planning.Plan, threads: int | None = None) -> list[Job]:
 
 def do(job: Job, *after) -> dict:
     """Do one task in this process (``after``: the results of the tasks it waits for, unused):
-    train (or read) the run, or make (or read) the evaluation. Returns what was recorded."""
+    train (or read) the run, make (or read) one shard of a large evaluation, or make (or read,
+    or merge from its shards) the evaluation. Returns what was recorded."""
     if job.threads:
         torch.set_num_threads(int(job.threads))
     task = job.task
@@ -95,6 +96,9 @@ def do(job: Job, *after) -> dict:
         record = load_run(config, source.results_dir)
         if record is None:
             raise ExecutionError(f"the run {task['run']} of an evaluation is not recorded")
+        if task["kind"] == "shard":
+            source.evaluate_shard(record, task["evaluation"], task["params"], task["shard"])
+            return {"run": task["run"], "evaluation": task["evaluation"], "shard": task["shard"]}
         measured = source.evaluate_run(record, task["evaluation"], task["params"])
         return {"run": task["run"], "evaluation": task["evaluation"], **measured}
 
@@ -197,14 +201,20 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
                 "none (CLUSTR_ALLOW_CPU=1 runs them on its CPUs: days, not hours)"
             )
         remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=3, retry_exceptions=False)(do)
-        refs, by_key = [], {}
-        for job in jobs:  # a task waits for the run it needs (an ObjectRef argument)
-            after = job.task.get("after")
+        refs, by_key, shards = [], {}, {}
+        for job in jobs:  # a task waits for what it needs (ObjectRef arguments): its run, and
+            task = job.task  # an evaluation made of shards for its shards
+            after = task.get("after")
             waits = [by_key[after]] if after in by_key else []
+            evaluation = (task["run"], task["evaluation"], repr(task["params"]))
+            if task["kind"] == "evaluation":
+                waits += shards.get(evaluation, [])
             ref = remote.remote(job, *waits)
             refs.append((job, ref))
-            if job.task["kind"] == "run":
-                by_key[job.task["run"]] = ref
+            if task["kind"] == "run":
+                by_key[task["run"]] = ref
+            elif task["kind"] == "shard":
+                shards.setdefault(evaluation, []).append(ref)
         return _collect(ray, refs, progress)
     finally:
         if started:
@@ -243,7 +253,8 @@ def _raise_failures(failed) -> None:
         return
     lines = [
         f"{job.task['kind']} {job.task['source']} {job.task['method']} seed {job.task['seed']} "
-        f"({job.task['run']}{', ' + job.task['evaluation'] if job.task['evaluation'] else ''}): "
+        f"({job.task['run']}{', ' + job.task['evaluation'] if job.task['evaluation'] else ''}"
+        f"{'' if job.task.get('shard') is None else ' shard ' + str(job.task['shard'])}): "
         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
         for job, err in failed
     ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import bench, book, sources, studies
+from . import bench, book, evaluations, sources, studies
 from .records import config_hash, device_name, resolve_device, to_plain
 
 PAPER_CHAPTERS = {"03_cifar10": "cifar10", "04_svhn": "svhn", "05_cifar100": "cifar100"}
@@ -66,7 +66,7 @@ def chapter_sources(chapter: str, params: dict, download: bool = True) -> list:
 class Task:
     """One training run or one evaluation of a run that a build needs."""
 
-    kind: str  # "run" or "evaluation"
+    kind: str  # "run", "evaluation" or "shard" (of a large evaluation's attacked points)
     source: str  # the source's label
     dataset: str
     method: str
@@ -82,12 +82,14 @@ class Task:
     chapters: list = field(default_factory=list)  # the chapters that need it
     results_dir: str | None = None  # where its record goes (absolute)
     at_scale: bool = False  # the paper's protocol on a paper dataset (GPU-hours)
+    shard: int | None = None  # a shard's number (clustr_lib.evaluations.shards)
+    shards: int = 0  # an evaluation made of shards: how many (it waits for them, then merges)
 
     @property
     def key(self) -> tuple:
         run = self.run or f"{self.source}/{self.method}/s{self.seed}"
         params = json.dumps(to_plain(self.params), sort_keys=True) if self.params else None
-        return (self.kind, run, self.evaluation, params)
+        return (self.kind, run, self.evaluation, params, self.shard)
 
 
 class Planner:
@@ -120,22 +122,57 @@ class Planner:
                 task.estimate, task.device = "benchmark", self.device
         self._add(task)
 
-    def add_evaluation(self, source, config, name, params, path, recorded=None) -> None:
+    def add_evaluation(self, source, config, name, params, path, recorded=None, shards=()) -> None:
         """Evaluation ``name`` with ``params`` of ``config``'s run (``path``: its record's
-        place, ``None`` while the run is not recorded; ``recorded``: the record, if any)."""
+        place, ``None`` while the run is not recorded; ``recorded``: the record, if any). A
+        large PGD or AutoAttack not yet recorded is made of ``shards`` (each one's record, or
+        ``None``): one task per shard, and the evaluation, which merges them, waits for them."""
         task = self._task("evaluation", source, config, name, params)
         task.after = task.run
         if recorded is not None:
-            task.recorded, task.estimate = True, "recorded"
-            task.seconds = recorded["provenance"].get("wall_seconds")
-            task.device = recorded["provenance"].get("device")
-        elif name == "pgd" and self.figures and source.settings["width"] == 64:
-            rate = self.figures.get("pgd_every_iterate_image_iterations_per_s")
-            points = params.get("eval_size") or len(source.data.y_test)
-            if rate and points:
-                task.seconds = points * params["restarts"] * max(params["steps"]) / rate
-                task.estimate, task.device = "benchmark", self.device
+            self._recorded(task, recorded)
+        elif shards:
+            task.shards, task.seconds, task.estimate = len(shards), 0.0, "merge"
+            points = self._points(source, params)
+            for number, record in enumerate(shards):
+                part = self._task("shard", source, config, name, params)
+                part.after, part.shard = task.run, number
+                if record is not None:
+                    self._recorded(part, record)
+                else:
+                    start, stop = evaluations.shards(
+                        points, params.get("shard_size", evaluations.SHARD_SIZE)
+                    )[number]
+                    self._estimate(part, source, name, params, stop - start)
+                self._add(part)
+        else:
+            self._estimate(task, source, name, params, self._points(source, params))
         self._add(task)
+
+    @staticmethod
+    def _points(source, params) -> int:
+        return len(evaluations.attacked_points(source.data, params.get("eval_size"))[1])
+
+    @staticmethod
+    def _recorded(task: Task, recorded: dict) -> None:
+        task.recorded, task.estimate = True, "recorded"
+        task.seconds = recorded["provenance"].get("wall_seconds")
+        task.device = recorded["provenance"].get("device")
+
+    def _estimate(self, task: Task, source, name: str, params: dict, points: int) -> None:
+        """A PGD or AutoAttack evaluation at the paper's width, from the benchmark's rates
+        (:func:`clustr_lib.bench.autoattack_seconds`)."""
+        if name not in ("pgd", "autoattack") or not self.figures or not points:
+            return
+        if source.settings["width"] != 64:
+            return
+        rate = self.figures.get("pgd_every_iterate_image_iterations_per_s")
+        if name == "pgd" and rate:
+            task.seconds = points * params["restarts"] * max(params["steps"]) / rate
+        elif name == "autoattack" and rate and self.figures.get("embedding_images_per_s"):
+            task.seconds = bench.autoattack_seconds(self.figures, points, params["attacks"])
+        if task.seconds is not None:
+            task.estimate, task.device = "benchmark", self.device
 
     @staticmethod
     def _task(kind, source, config, name=None, params=None) -> Task:
@@ -195,7 +232,9 @@ class Plan:
                     "method": t.method,
                     "seed": t.seed,
                     "run": t.run or "(needs the data)",
-                    "evaluation": describe(t.evaluation, t.params),
+                    "evaluation": describe(t.evaluation, t.params)
+                    + (f" (shard {t.shard + 1})" if t.shard is not None else "")
+                    + (f" (merges {t.shards} shards)" if t.shards else ""),
                     "recorded": t.recorded,
                     "minutes": None if t.seconds is None else t.seconds / 60,
                     "estimate": t.estimate,
@@ -210,6 +249,7 @@ class Plan:
             "tasks": len(self.tasks),
             "runs": sum(t.kind == "run" for t in self.tasks),
             "evaluations": sum(t.kind == "evaluation" for t in self.tasks),
+            "shards": sum(t.kind == "shard" for t in self.tasks),
             "recorded": len(self.tasks) - len(todo),
             "to_do": len(todo),
             "to_do_hours_estimated": sum(t.seconds or 0.0 for t in todo) / 3600,
@@ -229,9 +269,11 @@ class Plan:
     def summary(self) -> str:
         """The plan as text: a table of the tasks and the totals."""
         t = self.totals()
+        sharded = f" (and {t['shards']} shards of large ones)" if t["shards"] else ""
         lines = [
             f"Plan of profile {self.profile!r}, chapters {', '.join(self.chapters)}: "
-            f"{t['runs']} runs and {t['evaluations']} evaluations, {t['recorded']} recorded "
+            f"{t['runs']} runs and {t['evaluations']} evaluations{sharded}, "
+            f"{t['recorded']} recorded "
             f"({t['recorded_hours']:.2f} device-hours when they were made), {t['to_do']} to do "
             f"(estimated {t['to_do_hours_estimated']:.2f} device-hours; "
             f"{t['to_do_without_estimate']} without an estimate).",
@@ -297,3 +339,56 @@ def make_plan(
         parameters,
         str(Path(output_dir).resolve()),
     )
+
+
+def schedule(tasks: list, workers: int) -> dict:
+    """The wall time of ``tasks`` (their ``seconds``; ``None`` counts as 0) on ``workers``
+    identical devices: each free device takes the ready task (everything it waits for done:
+    its run, a ClusTR variant's warm start, an evaluation's shards) that heads the longest
+    chain of work still to come, as a Ray cluster would run them with one device per task.
+    Returns ``{"workers", "wall_seconds", "device_seconds", "critical_path_seconds"}``: the
+    wall time lies between ``max(critical path, device seconds / workers)`` and their sum."""
+    if int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    todo = [t for t in tasks if not t.recorded]
+    seconds = {i: float(t.seconds or 0.0) for i, t in enumerate(todo)}
+    runs = {t.run: i for i, t in enumerate(todo) if t.kind == "run"}
+    shards: dict = {}
+    for i, t in enumerate(todo):
+        if t.kind == "shard":
+            shards.setdefault((t.run, t.evaluation, repr(t.params)), []).append(i)
+    needs = {}
+    for i, t in enumerate(todo):
+        needs[i] = {runs[t.after]} if t.after in runs and runs[t.after] != i else set()
+        if t.kind == "evaluation":
+            needs[i] |= set(shards.get((t.run, t.evaluation, repr(t.params)), []))
+    after = {i: [j for j in needs if i in needs[j]] for i in needs}
+    chain: dict = {}
+
+    def rest(i):  # the longest chain of work from task i on
+        if i not in chain:
+            chain[i] = seconds[i] + max((rest(j) for j in after[i]), default=0.0)
+        return chain[i]
+
+    free = [0.0] * int(workers)  # when each device is next free
+    done_at: dict = {}
+    waiting = set(needs)
+    while waiting:
+        ready = [i for i in waiting if needs[i] <= done_at.keys()]
+        start_of = {i: max((done_at[j] for j in needs[i]), default=0.0) for i in ready}
+        device = min(range(len(free)), key=free.__getitem__)
+        # of the tasks ready by the time this device is free (else the first to be ready),
+        # the one heading the longest chain
+        soon = [i for i in ready if start_of[i] <= free[device]] or [
+            min(ready, key=start_of.__getitem__)
+        ]
+        i = max(soon, key=lambda k: (rest(k), -k))
+        begin = max(free[device], start_of[i])
+        done_at[i] = free[device] = begin + seconds[i]
+        waiting.remove(i)
+    return {
+        "workers": int(workers),
+        "wall_seconds": max(done_at.values(), default=0.0),
+        "device_seconds": sum(seconds.values()),
+        "critical_path_seconds": max((rest(i) for i in needs), default=0.0),
+    }

@@ -70,6 +70,9 @@ PROTOCOL = {
     "pgd_rules": ["official", "any_iterate"],  # when PGD counts a point broken: the official
     # code's rule first (the paper's protocol), then the standard "any iterate" reading
     "eval_size": None,  # test points attacked (None: the whole test set)
+    "shard_size": 500,  # attacked points per shard of a PGD or AutoAttack evaluation, each
+    # with its own seed (clustr_lib.evaluations.shards); a record names it only when it is not
+    # 500, so that records made before shards existed (all of fewer points) keep their keys
     "precision": "auto",  # training forward passes only (attacks run in float32): "auto" is
     # bf16 autocast on a CUDA GPU (fp16 + a gradient scaler without bf16), fp32 on the CPU;
     # or "fp32", "bf16", "fp16". The official code trains in fp32 (book/deviations.md). A run's
@@ -210,6 +213,8 @@ def check_settings(settings: dict) -> dict:
         raise ValueError(f"pgd_steps must be a non-empty list of steps >= 0, got {steps}")
     if not 0 <= float(settings["eps"]) <= 1 or float(settings["pgd_step"]) <= 0:
         raise ValueError("eps must lie in [0, 1] and pgd_step be > 0")
+    if int(settings["shard_size"]) < 1:
+        raise ValueError(f"shard_size must be an integer >= 1, got {settings['shard_size']}")
     for key in ("num_nearest", "train_num_nearest", "eval_size", "pgd_restarts_per_pass"):
         if settings[key] is not None and int(settings[key]) < 1:
             raise ValueError(f"{key} must be None or an integer >= 1, got {settings[key]}")
@@ -274,12 +279,20 @@ def pgd_params(settings: dict, method: str, objective: str, **changes) -> dict:
         "restarts": settings["pgd_restarts"],
         "restarts_per_pass": settings["pgd_restarts_per_pass"],
         "eval_size": settings["eval_size"],
+        **shard_params(settings),
         **changes,
         "objective": objective,
     }
     if objective == "magnet":
         params["alpha"] = magnet_alpha(settings, method)
     return params
+
+
+def shard_params(settings: dict) -> dict:
+    """``{"shard_size": n}`` for settings whose shard size is not the protocol's (500), else
+    ``{}``: the default is implied in evaluations' parameters and runs' configs."""
+    size = settings.get("shard_size", PROTOCOL["shard_size"])
+    return {} if size == PROTOCOL["shard_size"] else {"shard_size": int(size)}
 
 
 def at_protocol(settings: dict, method: str, params: dict) -> bool:

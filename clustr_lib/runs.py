@@ -49,16 +49,20 @@ def run_config(dataset: str, method: str, seed: int, settings: dict, data=None) 
     evaluated on (:func:`clustr_lib.records.data_identity`), so that a run on a subset or on
     other files is never returned for another. The ``precision`` setting enters as the
     precision the run trains in on the data's device, and only when that is not fp32
-    (:func:`clustr_lib.protocol.training_precision`)."""
+    (:func:`clustr_lib.protocol.training_precision`); the shard size of its protocol PGD only
+    when it is not the protocol's (:func:`clustr_lib.protocol.shard_params`)."""
     protocol.check_method(method)
     settings = protocol.check_settings(dict(settings))
     device = data.y_train.device if data is not None else "cpu"
     precision = protocol.training_precision(settings.pop("precision"), device)
+    shards = protocol.shard_params(settings)
+    settings.pop("shard_size")
     config = {
         "dataset": dataset,
         "method": method,
         "seed": int(seed),
         **{k: to_plain(v) for k, v in sorted(settings.items())},
+        **shards,  # only when not the protocol's shard size, as the precision
     }
     if precision != "fp32":  # fp32 runs keep the keys they were recorded under
         config["precision"] = precision

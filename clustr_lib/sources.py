@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import paper, protocol
 from .data import DatasetUnavailable, load_images
-from .evaluations import EVALUATIONS
+from .evaluations import EVALUATIONS, SHARDED, merge_shards, shard_count
 from .records import (
     RunRecord,
     config_hash,
@@ -180,19 +180,36 @@ class Source:
             return self._plan_evaluation(method, name, params)
         return [self.evaluate_run(record, name, params, force) for record in self.runs(method)]
 
-    def _evaluation_path(self, record: RunRecord, key: dict) -> Path:
+    def _evaluation_path(self, record: RunRecord, key: dict, shard: int | None = None) -> Path:
+        folder = Path(self.results_dir) / "evaluations"
+        if shard is None:
+            return record_path(folder, record.config, kind=key["evaluation"], key=key)
         return record_path(
-            Path(self.results_dir) / "evaluations", record.config, kind=key["evaluation"], key=key
+            folder / "shards",
+            record.config,
+            kind=f"{key['evaluation']}-shard{shard}",
+            key={**key, "shard": shard},
         )
 
     def _recorded_evaluation(self, path: Path, key: dict) -> dict | None:
-        """The metrics recorded at ``path`` for ``key``; ``None`` when absent or damaged."""
+        """The record at ``path`` if it is of ``key``; ``None`` when absent. A damaged record
+        is ``None`` with a warning (recomputed), or, in record-only mode, an error."""
         if not path.exists():
             return None
         try:
             recorded = load_json(path)
-            return recorded if recorded["key"] == key else None
-        except (ValueError, KeyError, TypeError):
+            if recorded["key"] == key:
+                return recorded
+            return None
+        except (ValueError, KeyError, TypeError) as err:
+            if self.record_only:
+                raise LookupError(
+                    f"{self.label}: the evaluation record {path} is damaged ({err!r})"
+                ) from err
+            warnings.warn(
+                f"ignoring the damaged evaluation record {path} ({err!r}); recomputing",
+                stacklevel=4,
+            )
             return None
 
     def _plan_evaluation(self, method: str, name: str, params: dict) -> list[dict]:
@@ -201,13 +218,23 @@ class Source:
         for config in self.configs(method):
             record = load_run(config, self.results_dir) if self.data is not None else None
             self.planner.add_run(self, config, record)  # an evaluation needs its run
+            count = shard_count(name, self.data, params)
             if record is None:  # the run is still to be trained: its evaluation waits for it
-                self.planner.add_evaluation(self, config, name, params, None)
+                shards = [None] * count if count > 1 else []
+                self.planner.add_evaluation(self, config, name, params, None, None, shards)
                 continue
             key = evaluation_key(record, name, params)
             path = self._evaluation_path(record, key)
             recorded = self._recorded_evaluation(path, key)
-            self.planner.add_evaluation(self, config, name, params, path, recorded)
+            parts = []  # a large PGD or AutoAttack: its shards' records (None: to do)
+            if recorded is None and count > 1:
+                parts = [
+                    self._recorded_evaluation(
+                        self._evaluation_path(record, key, s), {**key, "shard": s}
+                    )
+                    for s in range(count)
+                ]
+            self.planner.add_evaluation(self, config, name, params, path, recorded, parts)
             if recorded is not None:
                 found.append({"seed": record.seed, "metrics": recorded["metrics"]})
         return found
@@ -238,50 +265,75 @@ class Source:
 
     def evaluate_run(self, record: RunRecord, name: str, params: dict, force: bool = False) -> dict:
         """Measurement ``name`` with ``params`` of one recorded run, read from its record when
-        there is one, else computed and recorded: ``{"seed", "metrics"}``."""
+        there is one, else computed and recorded: ``{"seed", "metrics"}``. A PGD or AutoAttack
+        evaluation of more than one shard's points is made shard by shard
+        (:meth:`evaluate_shard`; shards already recorded, e.g. by other tasks, are read)."""
         config = record.config
         key = evaluation_key(record, name, params)
         log_request(
             {"kind": "evaluation", "run": key["run"], "evaluation": name, "params": key["params"]}
         )
         path = self._evaluation_path(record, key)
-        if not force and path.exists():
-            try:
-                recorded = load_json(path)
-                if recorded["key"] == key:
-                    self.loaded.append(f"{self.label}: {path.name}")
-                    self.eval_devices.add(recorded["provenance"]["device"])
-                    return {"seed": record.seed, "metrics": recorded["metrics"]}
-            except (ValueError, KeyError, TypeError) as err:
-                if self.record_only:
-                    raise LookupError(
-                        f"{self.label}: the evaluation record {path} is damaged ({err!r})"
-                    ) from err
-                warnings.warn(
-                    f"ignoring the damaged evaluation record {path} ({err!r}); recomputing",
-                    stacklevel=3,
-                )
+        recorded = None if force else self._recorded_evaluation(path, key)
+        if recorded is not None:
+            self.loaded.append(f"{self.label}: {path.name}")
+            self.eval_devices.add(recorded["provenance"]["device"])
+            return {"seed": record.seed, "metrics": recorded["metrics"]}
         if self.record_only:
             raise LookupError(
                 f"{self.label}: evaluation {name} {params} of {config['method']}, "
                 f"seed {config['seed']} is not recorded ({path.name})"
             )
         start = time.perf_counter()
-        metrics = to_plain(EVALUATIONS[name](self.model(record), self.data, **params))
+        model = self.model(record)
+        count = shard_count(name, self.data, params)
+        if count > 1:
+            parts = [
+                self.evaluate_shard(record, name, params, s, force, model) for s in range(count)
+            ]
+            metrics = merge_shards([part["points"] for part in parts])
+            seconds = sum(part["provenance"]["wall_seconds"] for part in parts)
+        else:
+            metrics = to_plain(EVALUATIONS[name](model, self.data, **params))
+            seconds = time.perf_counter() - start
         save_json(
             path,
             {
                 "key": key,
                 "config": config,
                 "metrics": metrics,
-                "provenance": provenance(
-                    device=self.data.y_train.device, wall_seconds=time.perf_counter() - start
-                ),
+                "provenance": provenance(device=self.data.y_train.device, wall_seconds=seconds),
             },
         )
         self.computed.append(f"{self.label}: {path.name}")
         self.eval_devices.add(device_name(self.data.y_train.device))
         return {"seed": record.seed, "metrics": metrics}
+
+    def evaluate_shard(
+        self, record: RunRecord, name: str, params: dict, shard: int, force=False, model=None
+    ) -> dict:
+        """Shard ``shard`` of evaluation ``name`` (PGD or AutoAttack) of one recorded run, read
+        when recorded, else computed and recorded in ``evaluations/shards/``: the record, with
+        the per-point results (``points``) that :func:`clustr_lib.evaluations.merge_shards`
+        turns into the evaluation's metrics."""
+        key = evaluation_key(record, name, params)
+        path = self._evaluation_path(record, key, shard)
+        recorded = None if force else self._recorded_evaluation(path, {**key, "shard": shard})
+        if recorded is not None:
+            return recorded
+        start = time.perf_counter()
+        model = self.model(record) if model is None else model
+        points = to_plain(SHARDED[name](model, self.data, shard=shard, **params))
+        recorded = {
+            "key": {**key, "shard": shard},
+            "config": record.config,
+            "points": points,
+            "provenance": provenance(
+                device=self.data.y_train.device, wall_seconds=time.perf_counter() - start
+            ),
+        }
+        save_json(path, recorded)
+        return recorded
 
     def describe(self) -> str:
         """One line: what this source is, at which scale, and where its results are recorded."""

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluations import tiny_share
-from .protocol import METHODS, attack_objective, magnet_alpha
+from .protocol import METHODS, attack_objective, magnet_alpha, shard_params
 
 MASKING_MARGIN = 2.0  # accuracy points by which one attack must beat another to count
 COLLAPSE_MARGIN = 10.0  # points k-means + Eq. 4 must lose against the head to "collapse"
@@ -189,7 +189,14 @@ def autoattack_rows(source, method: str) -> list[dict]:
         ("square", ["square"]),
     ):
         for e in source.evaluate(
-            method, "autoattack", {"eps": eps, "attacks": attacks, "eval_size": size}
+            method,
+            "autoattack",
+            {
+                "eps": eps,
+                "attacks": attacks,
+                "eval_size": size,
+                **shard_params(source.settings),
+            },
         ):
             after = e["metrics"]["robust_after"]
             rows.append(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clustr_lib import evaluations, protocol, sources, studies
+from clustr_lib import attacks, evaluations, protocol, sources, studies
 from clustr_lib.classify import ClusterClassifier, ClusterModel
 from clustr_lib.models import WithHead
 
@@ -248,3 +248,93 @@ def test_a_paper_source_has_exactly_the_methods_of_the_papers_table():
     assert cifar100.key == "cifar100"
     study = sources.Source("s", "digits32", None, {}, 1, Path("."), False, None)
     assert study.key == "study" and study.methods == list(protocol.METHODS)
+
+
+# ---------------------------------------------------------------------------------------
+# Shards (issue 16): a large PGD or AutoAttack evaluation is defined shard by shard.
+
+
+@pytest.mark.parametrize("points,size", [(1, 500), (500, 500), (501, 500), (40, 16), (7, 1)])
+def test_shards_cover_the_attacked_points_once_in_order(points, size):
+    ranges = evaluations.shards(points, size)
+    assert ranges[0][0] == 0 and ranges[-1][1] == points
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, in order
+    assert all(0 < stop - start <= size for start, stop in ranges)
+    assert len(ranges) == -(-points // size)
+    with pytest.raises(ValueError, match="shard_size"):
+        evaluations.shards(points, 0)
+
+
+def linear_linf_robust_points(x, y, W, b, eps):
+    """Per point, whether a 2-class linear model is robust under ℓ∞ ∩ [0, 1] (vectorised)."""
+    a = W[y] - W[1 - y]  # [N, d]
+    margin = np.einsum("nd,nd->n", a, x) + b[y] - b[1 - y]
+    lo, hi = np.maximum(-eps, -x), np.minimum(eps, 1 - x)
+    worst = margin + np.where(a > 0, a * lo, a * hi).sum(1)
+    return (margin > 0) & (worst > 0)
+
+
+@pytest.mark.parametrize("shard_size", [7, 64, 300])
+def test_a_sharded_pgd_reaches_the_analytic_robust_accuracy_of_a_linear_model(rng, shard_size):
+    W = rng.normal(size=(2, 12))
+    b = np.array([0.0, -float(W[1].sum() - W[0].sum()) / 2])
+    x = rng.uniform(0, 1, size=(300, 12))
+    y = (x @ W.T + b).argmax(1)
+    y[::7] = 1 - y[::7]  # some misclassified points too
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(W, dtype=torch.float32))
+        model[1].bias.copy_(torch.tensor(b, dtype=torch.float32))
+    data = Data(torch.tensor(x, dtype=torch.float32).view(300, 1, 3, 4), y)
+    params = dict(eps=0.05, step_size=0.0125, steps=[5, 20], restarts=2, objective="ce")
+    expected = linear_linf_robust_points(x, y, W, b, 0.05)
+    parts = [
+        evaluations.pgd_shard(model.eval(), data, shard=s, shard_size=shard_size, **params)
+        for s in range(len(evaluations.shards(300, shard_size)))
+    ]
+    robust = np.concatenate([p["robust"]["20"].numpy() for p in parts])
+    assert (robust == expected).mean() >= 299 / 300  # per point, in the attacked order
+    out = evaluations.pgd_accuracy(model, data, shard_size=shard_size, **params)
+    assert out["robust"]["20"] == pytest.approx(expected.mean(), abs=1 / 300)
+    assert out["clean"] == pytest.approx(((x @ W.T + b).argmax(1) == y).mean())
+    assert 0.05 < expected.mean() < 0.95
+
+
+def test_an_evaluation_of_one_shard_is_exactly_the_unsharded_attack():
+    """Records made before shards existed (all of fewer points than one shard) keep their
+    meaning: one shard is :func:`clustr_lib.attacks.pgd` with the evaluation's own seed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
+    x = torch.rand(90, 1, 3, 4)
+    with torch.no_grad():
+        model[3].weight.mul_(20)
+        y = model(x).argmax(1)
+    params = dict(eps=0.1, step_size=0.02, steps=[3, 10], restarts=3, objective="ce", seed=5)
+    direct = attacks.pgd(
+        model, x, y, **{**params, "steps": 10}, report_steps=[3, 10], rule="any_restart"
+    )
+    out = evaluations.pgd_accuracy(model, Data(x, y), **params)
+    assert out["clean"] == direct.clean_accuracy
+    assert out["robust"] == {
+        str(t): float(r.float().mean()) for t, r in direct.extra["robust_at"].items()
+    }
+    # split in three, shard s attacks its 30 points with seed 5 + s · SHARD_SEED_STEP
+    second = evaluations.pgd_shard(model, Data(x, y), shard=1, shard_size=30, **params)
+    alone = attacks.pgd(
+        model,
+        x[30:60],
+        y[30:60],
+        **{**params, "steps": 10, "seed": 5 + evaluations.SHARD_SEED_STEP},
+        report_steps=[3, 10],
+    )
+    assert torch.equal(second["robust"]["10"], alone.robust)
+    assert 0 < out["robust"]["10"] < out["clean"]  # the attack breaks some points, not all
+
+
+def test_merging_shards_takes_the_mean_of_the_concatenated_per_point_results():
+    parts = [
+        {"clean": [True, True], "robust": {"20": [True, False]}},
+        {"clean": [False, True, True], "robust": {"20": [False, False, True]}},
+    ]
+    f32 = lambda v: float(np.float32(v))  # noqa: E731  (as one float32 mean gives it)
+    assert evaluations.merge_shards(parts) == {"clean": f32(0.8), "robust": {"20": f32(0.4)}}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clustr_lib import executors, files, plan, studies
+from clustr_lib import evaluations, executors, files, plan, studies
 from clustr_lib.train import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +113,35 @@ def test_local_execution_records_every_planned_task_once(tmp_path):
     assert executors.execute(again, "local") == []  # and nothing is done twice
 
 
+SHARDED = dict(eval_size=40, shard_size=16)  # 40 attacked points in shards of 16, 16 and 8
+
+
+def test_a_large_evaluation_is_planned_as_shards_that_its_record_merges(tmp_path, monkeypatch):
+    found = tiny_plan(tmp_path, **SHARDED)
+    shards = [t for t in found.tasks if t.kind == "shard"]
+    (evaluation,) = [t for t in found.tasks if t.kind == "evaluation"]
+    assert [t.shard for t in shards] == [0, 1, 2] and evaluation.shards == 3
+    assert all(t.after == evaluation.run == evaluation.after for t in shards)
+    assert "(and 3 shards of large ones)" in found.summary()
+    executors.execute(found, "local", threads=1, progress=False)
+    (merged,) = evaluations_of(tmp_path).values()
+    with plan.working_directory(tmp_path):
+        chapter = plan.chapter_sources("07_eps_ablation", found.parameters["07_eps_ablation"])
+        (source,) = [s for s in chapter if s.label == evaluation.source]
+        (record,) = source.runs(evaluation.method)
+    assert merged == evaluations.pgd_accuracy(
+        source.model(record), source.data, **evaluation.params
+    )
+    # shards already recorded are read, never recomputed: drop the merged record, plan again
+    (path,) = (tmp_path / "results" / "evaluations").glob("*.json")
+    path.unlink()
+    again = tiny_plan(tmp_path, **SHARDED)
+    assert [t.kind for t in again.tasks if not t.recorded] == ["evaluation"]
+    monkeypatch.setitem(evaluations.SHARDED, "pgd", lambda *a, **k: pytest.fail("recomputed"))
+    executors.execute(again, "local", threads=1, progress=False)
+    assert list(evaluations_of(tmp_path).values()) == [merged]
+
+
 @pytest.mark.slow
 def test_paper_scale_tasks_on_a_ray_cluster_without_gpus_are_refused(tmp_path):
     ray = pytest.importorskip("ray")
@@ -134,16 +163,29 @@ def test_ray_execution_matches_local_execution(tmp_path):
     ray = pytest.importorskip("ray")
     local, distributed = tmp_path / "local", tmp_path / "ray"
     local.mkdir(), distributed.mkdir()
-    executors.execute(tiny_plan(local), "local", threads=1, progress=False)
+    executors.execute(tiny_plan(local, **SHARDED), "local", threads=1, progress=False)
+    found = tiny_plan(distributed, **SHARDED)
+    assert [t.shard for t in found.tasks if t.kind == "shard"] == [0, 1, 2]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        results = executors.execute(tiny_plan(distributed), "ray", threads=1, progress=False)
+        results = executors.execute(found, "ray", threads=1, progress=False)
     finally:
         ray.shutdown()
-    assert len(results) == 8
+    assert len(results) == 7 + 3 + 1  # runs, the evaluation's shards, the evaluation
     assert recorded(distributed) == recorded(local)  # same weights, same metrics, once each
     assert evaluations_of(distributed) == evaluations_of(local)
+    assert len(list((distributed / "results" / "evaluations" / "shards").glob("*.json"))) == 3
+    # the evaluation merged from shards made on two workers is the one this process makes
+    torch.set_num_threads(1)
+    (task,) = [t for t in found.tasks if t.kind == "evaluation"]
+    with plan.working_directory(distributed):
+        chapter = plan.chapter_sources("07_eps_ablation", found.parameters["07_eps_ablation"])
+        (source,) = [s for s in chapter if s.label == task.source]
+        (record,) = source.runs(task.method)
+    here = evaluations.pgd_accuracy(source.model(record), source.data, **task.params)
+    (merged,) = evaluations_of(distributed).values()
+    assert merged == here
 
 
 @pytest.mark.slow
@@ -238,25 +280,28 @@ DRIVER = """
 import json, sys
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
-from test_executors import tiny_plan
+from test_executors import SHARDED, tiny_plan
 from clustr_lib import executors
-results = executors.execute(tiny_plan(Path(sys.argv[1])), "local", threads=1, progress=False)
+found = tiny_plan(Path(sys.argv[1]), **SHARDED)
+results = executors.execute(found, sys.argv[3], threads=1, progress=False)
 print(json.dumps({r["run"]: r["weights_sha256"] for r in results if "weights_sha256" in r}))
 """
 
 
 @pytest.mark.slow
 def test_two_drivers_started_together_on_one_plan_train_each_run_once(tmp_path):
+    """One driver on its own Ray instance, one in its own process, on the same results."""
+    pytest.importorskip("ray")
     tests = str(Path(__file__).resolve().parent)
     drivers = [
         subprocess.Popen(
-            [sys.executable, "-c", DRIVER, str(tmp_path), tests],
+            [sys.executable, "-c", DRIVER, str(tmp_path), tests, executor],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"},
         )
-        for _ in range(2)
+        for executor in ("ray", "local")
     ]
     outs = [d.communicate(timeout=600) for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], [err[-2000:] for _, err in outs]
@@ -271,3 +316,4 @@ def test_two_drivers_started_together_on_one_plan_train_each_run_once(tmp_path):
     # recorded skips it; one that reached it while it trained waited on its lock and read it)
     assert all(on_disk[run] == sha for run, sha in {**first, **second}.items())
     assert all(first[run] == second[run] for run in set(first) & set(second))
+    assert len(list((tmp_path / "results" / "evaluations").glob("*.json"))) == 1

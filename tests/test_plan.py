@@ -97,3 +97,52 @@ def test_the_command_line_prints_the_plan_and_refuses_bad_requests():
     assert parsed["totals"]["runs"] == len(parsed["tasks"]) and parsed["profile"] == "smoke"
     bad = subprocess.run([*cmd, "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "unknown profile 'nope'" in bad.stderr
+
+
+def task(kind, run, seconds, after=None, evaluation=None, shard=None):
+    return plan.Task(
+        kind, "s", "d", "m", 0, run, evaluation, None, after, seconds=seconds, shard=shard
+    )
+
+
+def test_a_schedule_of_independent_tasks_fills_every_device():
+    tasks = [task("run", f"r{i}", 10.0) for i in range(6)]
+    assert plan.schedule(tasks, 1)["wall_seconds"] == 60
+    assert plan.schedule(tasks, 3)["wall_seconds"] == 20
+    assert plan.schedule(tasks, 8)["wall_seconds"] == 10
+    with pytest.raises(ValueError, match="workers"):
+        plan.schedule(tasks, 0)
+
+
+def test_a_schedule_waits_for_warm_starts_runs_and_shards():
+    tasks = [
+        task("run", "nominal", 30.0),
+        task("run", "clustr", 20.0, after="nominal"),
+        task("run", "qtrades", 20.0, after="nominal"),
+        task("shard", "clustr", 4.0, after="clustr", evaluation="pgd", shard=0),
+        task("shard", "clustr", 4.0, after="clustr", evaluation="pgd", shard=1),
+        task("evaluation", "clustr", 1.0, after="clustr", evaluation="pgd"),
+        task("run", "done", 99.0),
+    ]
+    tasks[-1].recorded = True  # a recorded task costs nothing
+    two = plan.schedule(tasks, 2)
+    assert two["critical_path_seconds"] == 30 + 20 + 4 + 1
+    assert two["wall_seconds"] == 55 and two["device_seconds"] == 79
+    assert plan.schedule(tasks, 1)["wall_seconds"] == 79
+
+
+def test_a_schedule_lies_between_the_lower_bounds_and_grahams_bound(rng):
+    for _ in range(20):
+        n = int(rng.integers(2, 30))
+        tasks = [task("run", f"r{i}", float(rng.uniform(1, 10))) for i in range(n)]
+        for i in range(1, n):  # a random forest of waits on earlier runs
+            if rng.uniform() < 0.5:
+                tasks[i].after = f"r{int(rng.integers(0, i))}"
+        for workers in (1, 2, 4):
+            out = plan.schedule(tasks, workers)
+            path, work = out["critical_path_seconds"], out["device_seconds"]
+            # no schedule beats either bound; a list schedule that never idles a device
+            # while a task is ready is within Graham's bound of them
+            graham = work / workers + (1 - 1 / workers) * path
+            assert max(path, work / workers) - 1e-9 <= out["wall_seconds"] <= graham + 1e-9
+        assert plan.schedule(tasks, 1)["wall_seconds"] == pytest.approx(out["device_seconds"])
