@@ -92,7 +92,8 @@ def fake_paper_data(root: Path, rng) -> None:
 
 
 def projection(folder: Path, device: str, workers=(1, 4, 8)) -> dict:
-    """The full plan on fake data of the paper's sizes, scheduled on ``workers`` devices."""
+    """The full plan on fake data of the paper's sizes, its estimates from ``device``'s
+    recorded benchmark (``auto``, ``cpu``, ``cuda``), scheduled on ``workers`` devices."""
     data = folder / "data"
     fake_paper_data(data, np.random.default_rng(0))
     os.environ["CLUSTR_DATA"] = str(data)
@@ -100,7 +101,7 @@ def projection(folder: Path, device: str, workers=(1, 4, 8)) -> dict:
     todo = [t for t in found.tasks if not t.recorded]
     unknown = [t for t in todo if t.seconds is None]
     return {
-        "device": device,
+        "device": device_name(resolve_device(device)),
         "tasks": len(todo),
         "runs": sum(t.kind == "run" for t in todo),
         "evaluations": sum(t.kind == "evaluation" for t in todo),
@@ -132,7 +133,7 @@ def main(argv=None) -> dict:
         if args.projection:
             if bench.recorded_figures(device) is None:
                 parser.error(f"no benchmark recorded for {device}: run python -m clustr_lib.bench")
-            out["projection"] = projection(Path(tmp) / "full", device)
+            out["projection"] = projection(Path(tmp) / "full", args.device)
     record = {"figures": out, "provenance": provenance(device=resolve_device(args.device))}
     print(json.dumps(out, indent=1))
     if args.out:
