@@ -189,8 +189,9 @@ class ImageData:
         """The whole training set as floats, un-augmented (for embedding passes)."""
         return self.x_train.float().div_(255)
 
-    def test_images(self) -> torch.Tensor:
-        return self.x_test.float().div_(255)
+    def test_images(self, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """The test images ``[start:stop]`` (default: all) as floats in ``[0, 1]``."""
+        return self.x_test[start:stop].float().div_(255)
 
 
 def random_crop(x: torch.Tensor, padding: int = 4, generator=None) -> torch.Tensor:

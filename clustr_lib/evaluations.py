@@ -30,11 +30,16 @@ from .protocol import PROTOCOL
 from .train import embed_all
 
 
+def attacked_count(data, eval_size: int | None) -> int:
+    """How many test points :func:`attacked_points` attacks (without converting the images)."""
+    n = len(data.y_test)
+    return n if eval_size is None else min(int(eval_size), n)
+
+
 def attacked_points(data, eval_size: int | None):
     """The first ``eval_size`` test images and labels (all when ``None``)."""
-    x, y = data.test_images(), data.y_test
-    n = len(y) if eval_size is None else min(int(eval_size), len(y))
-    return x[:n], y[:n]
+    n = attacked_count(data, eval_size)
+    return data.test_images(0, n), data.y_test[:n]
 
 
 def with_num_nearest(model, num_nearest: int | None):
@@ -71,17 +76,24 @@ def shard_count(name: str, data, params: dict) -> int:
     is not split: every evaluation but PGD and AutoAttack)."""
     if name not in SHARDED:
         return 1
-    points = len(attacked_points(data, params.get("eval_size"))[1])
+    points = attacked_count(data, params.get("eval_size"))
     return len(shards(points, params.get("shard_size", SHARD_SIZE)))
 
 
-def _shard_inputs(data, eval_size, shard: int, shard_size: int, seed: int):
-    x, y = attacked_points(data, eval_size)
-    ranges = shards(len(y), shard_size)
+def shard_range(data, params: dict, shard: int) -> tuple[int, int]:
+    """The ``[start, stop)`` of the attacked points that shard ``shard`` of an evaluation
+    with ``params`` attacks."""
+    points = attacked_count(data, params.get("eval_size"))
+    ranges = shards(points, params.get("shard_size", SHARD_SIZE))
     if not 0 <= int(shard) < len(ranges):
-        raise ValueError(f"shard {shard} of {len(ranges)}")
-    start, stop = ranges[int(shard)]
-    return x[start:stop], y[start:stop], int(seed) + SHARD_SEED_STEP * int(shard)
+        raise ValueError(f"shard {shard} of an evaluation with {len(ranges)} shards")
+    return ranges[int(shard)]
+
+
+def _shard_inputs(data, eval_size, shard: int, shard_size: int, seed: int):
+    start, stop = shard_range(data, {"eval_size": eval_size, "shard_size": shard_size}, shard)
+    x, y = data.test_images(start, stop), data.y_test[start:stop]
+    return x, y, int(seed) + SHARD_SEED_STEP * int(shard)
 
 
 def pgd_shard(
@@ -153,13 +165,21 @@ SHARDED = {"pgd": pgd_shard, "autoattack": autoattack_shard}
 
 def merge_shards(parts: list[dict]) -> dict:
     """The metrics of a sharded evaluation from its shards' per-point results (in shard
-    order): each per-point list concatenated, then its mean (float32, as one unsharded
-    computation takes it), so that any split gives the same record."""
+    order): each per-point list concatenated, then its mean in float32, so that the record
+    is the same however the shards were spread over processes or machines. One part that is a
+    tensor is averaged on its own device, exactly as an unsharded attack averaged it."""
     first = parts[0]
     if isinstance(first, dict):
+        keys = set(first)
+        if any(set(p) != keys for p in parts):
+            raise ValueError(f"shards with different results: {[sorted(p) for p in parts]}")
         return {k: merge_shards([p[k] for p in parts]) for k in first}
-    values = torch.cat([torch.as_tensor(p, dtype=torch.bool).flatten().cpu() for p in parts])
-    return float(values.float().mean())
+    if len(parts) == 1 and torch.is_tensor(first):
+        return float(first.float().mean())
+    values = [torch.as_tensor(p).flatten().cpu() for p in parts]
+    if any(v.dtype != torch.bool for v in values):
+        raise ValueError("a shard's per-point results must be booleans")
+    return float(torch.cat(values).float().mean())
 
 
 def by_shards(name: str, model, data, params: dict) -> dict:

@@ -133,16 +133,13 @@ class Planner:
             self._recorded(task, recorded)
         elif shards:
             task.shards, task.seconds, task.estimate = len(shards), 0.0, "merge"
-            points = self._points(source, params)
             for number, record in enumerate(shards):
                 part = self._task("shard", source, config, name, params)
                 part.after, part.shard = task.run, number
                 if record is not None:
                     self._recorded(part, record)
                 else:
-                    start, stop = evaluations.shards(
-                        points, params.get("shard_size", evaluations.SHARD_SIZE)
-                    )[number]
+                    start, stop = evaluations.shard_range(source.data, params, number)
                     self._estimate(part, source, name, params, stop - start)
                 self._add(part)
         else:
@@ -151,7 +148,7 @@ class Planner:
 
     @staticmethod
     def _points(source, params) -> int:
-        return len(evaluations.attacked_points(source.data, params.get("eval_size"))[1])
+        return evaluations.attacked_count(source.data, params.get("eval_size"))
 
     @staticmethod
     def _recorded(task: Task, recorded: dict) -> None:
@@ -233,7 +230,7 @@ class Plan:
                     "seed": t.seed,
                     "run": t.run or "(needs the data)",
                     "evaluation": describe(t.evaluation, t.params)
-                    + (f" (shard {t.shard + 1})" if t.shard is not None else "")
+                    + (f" (shard {t.shard})" if t.shard is not None else "")
                     + (f" (merges {t.shards} shards)" if t.shards else ""),
                     "recorded": t.recorded,
                     "minutes": None if t.seconds is None else t.seconds / 60,
@@ -345,21 +342,24 @@ def schedule(tasks: list, workers: int) -> dict:
     """The wall time of ``tasks`` (their ``seconds``; ``None`` counts as 0) on ``workers``
     identical devices: each free device takes the ready task (everything it waits for done:
     its run, a ClusTR variant's warm start, an evaluation's shards) that heads the longest
-    chain of work still to come, as a Ray cluster would run them with one device per task.
+    chain of work still to come: an idealised list schedule with one device per task and no
+    per-task overhead (Ray itself dispatches the ready tasks in the order they were submitted,
+    and each task loads its data and model).
     Returns ``{"workers", "wall_seconds", "device_seconds", "critical_path_seconds"}``: the
     wall time lies between ``max(critical path, device seconds / workers)`` and their sum."""
     if int(workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     todo = [t for t in tasks if not t.recorded]
     seconds = {i: float(t.seconds or 0.0) for i, t in enumerate(todo)}
-    runs = {t.run: i for i, t in enumerate(todo) if t.kind == "run"}
+    runs = {t.run: i for i, t in enumerate(todo) if t.kind == "run" and t.run is not None}
     shards: dict = {}
     for i, t in enumerate(todo):
         if t.kind == "shard":
             shards.setdefault((t.run, t.evaluation, repr(t.params)), []).append(i)
     needs = {}
     for i, t in enumerate(todo):
-        needs[i] = {runs[t.after]} if t.after in runs and runs[t.after] != i else set()
+        waits = t.after is not None and t.after in runs and runs[t.after] != i
+        needs[i] = {runs[t.after]} if waits else set()
         if t.kind == "evaluation":
             needs[i] |= set(shards.get((t.run, t.evaluation, repr(t.params)), []))
     after = {i: [j for j in needs if i in needs[j]] for i in needs}

@@ -283,6 +283,8 @@ def pgd_params(settings: dict, method: str, objective: str, **changes) -> dict:
         **changes,
         "objective": objective,
     }
+    if params.get("shard_size") == PROTOCOL["shard_size"]:  # the default is implied
+        del params["shard_size"]
     if objective == "magnet":
         params["alpha"] = magnet_alpha(settings, method)
     return params

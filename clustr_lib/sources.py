@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import paper, protocol
 from .data import DatasetUnavailable, load_images
-from .evaluations import EVALUATIONS, SHARDED, merge_shards, shard_count
+from .evaluations import EVALUATIONS, SHARDED, merge_shards, shard_count, shard_range
 from .records import (
     RunRecord,
     config_hash,
@@ -58,6 +58,25 @@ def images(name, data_dir=None, device="auto", train_size=None, test_size=None, 
             download=download,
         )
     return _DATA[key]
+
+
+class _Lazy:
+    """A value made on first call, once (a model that a merge of recorded shards never needs)."""
+
+    def __init__(self, make):
+        self.make, self.value = make, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
+def _leaves(value) -> list:
+    """The lists in a nested dict of per-point results."""
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    return [value]
 
 
 def log_request(entry: dict) -> None:
@@ -191,16 +210,23 @@ class Source:
             key={**key, "shard": shard},
         )
 
-    def _recorded_evaluation(self, path: Path, key: dict) -> dict | None:
-        """The record at ``path`` if it is of ``key``; ``None`` when absent. A damaged record
-        is ``None`` with a warning (recomputed), or, in record-only mode, an error."""
+    def _recorded_evaluation(self, path: Path, key: dict, points: int | None = None) -> dict | None:
+        """The record at ``path`` if it is of ``key``; ``None`` when absent. An evaluation's
+        record has its ``metrics``, a shard's (``points``: how many it attacked) a per-point
+        result of that length for each of its measurements. A damaged record is ``None`` with
+        a warning (recomputed), or, in record-only mode, an error."""
         if not path.exists():
             return None
         try:
             recorded = load_json(path)
-            if recorded["key"] == key:
-                return recorded
-            return None
+            if recorded["key"] != key:
+                return None
+            float(recorded["provenance"]["wall_seconds"]), str(recorded["provenance"]["device"])
+            if points is None:
+                dict(recorded["metrics"])
+            elif any(len(v) != points for v in _leaves(recorded["points"])):
+                raise ValueError(f"per-point results of another length than {points}")
+            return recorded
         except (ValueError, KeyError, TypeError) as err:
             if self.record_only:
                 raise LookupError(
@@ -228,11 +254,12 @@ class Source:
             recorded = self._recorded_evaluation(path, key)
             parts = []  # a large PGD or AutoAttack: its shards' records (None: to do)
             if recorded is None and count > 1:
+                ranges = [shard_range(self.data, params, s) for s in range(count)]
                 parts = [
                     self._recorded_evaluation(
-                        self._evaluation_path(record, key, s), {**key, "shard": s}
+                        self._evaluation_path(record, key, s), {**key, "shard": s}, stop - start
                     )
-                    for s in range(count)
+                    for s, (start, stop) in enumerate(ranges)
                 ]
             self.planner.add_evaluation(self, config, name, params, path, recorded, parts)
             if recorded is not None:
@@ -285,16 +312,17 @@ class Source:
                 f"seed {config['seed']} is not recorded ({path.name})"
             )
         start = time.perf_counter()
-        model = self.model(record)
         count = shard_count(name, self.data, params)
         if count > 1:
+            model = _Lazy(lambda: self.model(record))  # loaded only if a shard is not recorded
             parts = [
                 self.evaluate_shard(record, name, params, s, force, model) for s in range(count)
             ]
             metrics = merge_shards([part["points"] for part in parts])
             seconds = sum(part["provenance"]["wall_seconds"] for part in parts)
+            self.eval_devices.update(part["provenance"]["device"] for part in parts)
         else:
-            metrics = to_plain(EVALUATIONS[name](model, self.data, **params))
+            metrics = to_plain(EVALUATIONS[name](self.model(record), self.data, **params))
             seconds = time.perf_counter() - start
         save_json(
             path,
@@ -315,14 +343,21 @@ class Source:
         """Shard ``shard`` of evaluation ``name`` (PGD or AutoAttack) of one recorded run, read
         when recorded, else computed and recorded in ``evaluations/shards/``: the record, with
         the per-point results (``points``) that :func:`clustr_lib.evaluations.merge_shards`
-        turns into the evaluation's metrics."""
+        turns into the evaluation's metrics. ``model``: the run's network if already loaded
+        (or a ``_Lazy`` that loads it only when the shard must be computed)."""
         key = evaluation_key(record, name, params)
         path = self._evaluation_path(record, key, shard)
-        recorded = None if force else self._recorded_evaluation(path, {**key, "shard": shard})
+        first, last = shard_range(self.data, params, shard)
+        recorded = (
+            None
+            if force
+            else self._recorded_evaluation(path, {**key, "shard": shard}, points=last - first)
+        )
         if recorded is not None:
             return recorded
         start = time.perf_counter()
         model = self.model(record) if model is None else model
+        model = model() if isinstance(model, _Lazy) else model
         points = to_plain(SHARDED[name](model, self.data, shard=shard, **params))
         recorded = {
             "key": {**key, "shard": shard},

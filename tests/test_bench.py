@@ -79,3 +79,13 @@ def test_the_command_line_refuses_bad_sizes():
     for argv in (["--repeats", "0"], ["--width", "0"], ["--epoch-size", "100"]):
         with pytest.raises(SystemExit):
             bench.main(["--device", "cpu", *argv])
+
+
+def test_autoattack_costs_by_hand():
+    # 2000 image-iterations/s for gradients, 10,000 forwards/s for Square's queries
+    robust, clean = bench.AUTOATTACK_ROBUST_SHARE, bench.AUTOATTACK_CLEAN_SHARE
+    standard = ("apgd-ce", "apgd-t", "fab-t", "square")
+    expected = 100 * (100 + 2 * 900 * robust) / 2000 + 100 * 5000 * robust / 10_000
+    assert bench.autoattack_seconds(FIGURES, 100, standard) == pytest.approx(expected)
+    assert bench.autoattack_seconds(FIGURES, 100) == pytest.approx(100 * 5000 * clean / 10_000)
+    assert bench.autoattack_seconds(FIGURES, 100, ("apgd-ce",)) == pytest.approx(100 * 100 / 2000)

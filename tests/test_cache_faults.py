@@ -124,6 +124,11 @@ def test_a_damaged_evaluation_record_is_recomputed_or_named(tmp_path):
     with pytest.warns(UserWarning, match=path.name):
         again = source.evaluate("nominal", "kmeans_nominal", params)
     assert json.loads(path.read_text())["metrics"] == again[0]["metrics"]
+    whole = json.loads(path.read_text())  # the right key, but no metrics: damaged too
+    path.write_text(json.dumps({k: v for k, v in whole.items() if k != "metrics"}))
+    with pytest.warns(UserWarning, match=path.name):
+        assert source.evaluate("nominal", "kmeans_nominal", params) == again
+    assert json.loads(path.read_text())["metrics"] == again[0]["metrics"]
 
 
 def test_an_unwritable_results_folder_is_refused_before_training(tmp_path, monkeypatch):

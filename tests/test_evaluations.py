@@ -27,8 +27,8 @@ class Data:
         self.y_train = self.y_test if y_train is None else torch.as_tensor(y_train)
         self.num_classes = num_classes or int(self.y_train.max()) + 1
 
-    def test_images(self):
-        return self.x_test
+    def test_images(self, start=None, stop=None):
+        return self.x_test[start:stop]
 
     def train_images(self):
         return self.x_train
@@ -338,3 +338,39 @@ def test_merging_shards_takes_the_mean_of_the_concatenated_per_point_results():
     ]
     f32 = lambda v: float(np.float32(v))  # noqa: E731  (as one float32 mean gives it)
     assert evaluations.merge_shards(parts) == {"clean": f32(0.8), "robust": {"20": f32(0.4)}}
+
+
+def test_autoattack_in_one_shard_is_the_attack_and_in_two_shards_each_its_own(rng):
+    W = rng.normal(size=(2, 16))
+    b = np.array([0.0, -float(W[1].sum() - W[0].sum()) / 2])
+    # two decoy classes that never win (AutoAttack's targeted attacks need 4 classes)
+    W4, b4 = np.concatenate([W, W[:2]]), np.concatenate([b, [-1e3, -1e3]])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(W4, dtype=torch.float32))
+        model[1].bias.copy_(torch.tensor(b4, dtype=torch.float32))
+    x = rng.uniform(0, 1, size=(40, 16))
+    y = (x @ W.T + b).argmax(1)
+    data = Data(torch.tensor(x, dtype=torch.float32).view(40, 1, 4, 4), y, num_classes=4)
+    attacks_run = ["apgd-ce", "square"]
+    one = evaluations.autoattack_accuracy(model, data, eps=0.05, attacks=attacks_run, seed=3)
+    direct = attacks.autoattack(
+        model,
+        data.x_test,
+        data.y_test,
+        eps=0.05,
+        attacks=tuple(attacks_run),
+        seed=3,
+        batch_size=500,
+    )
+    assert one["robust_after"] == direct.extra["robust_after"]
+    expected = linear_linf_robust_points(x, y, W, b, 0.05).mean()
+    two = evaluations.autoattack_accuracy(
+        model, data, eps=0.05, attacks=attacks_run, seed=3, shard_size=25
+    )
+    assert list(two["robust_after"]) == ["clean", "apgd-ce", "square"]
+    assert two["robust_after"]["square"] == pytest.approx(expected, abs=1 / 40)
+    second = evaluations.autoattack_shard(
+        model, data, shard=1, eps=0.05, attacks=attacks_run, seed=3, shard_size=25
+    )
+    assert len(second["clean"]) == 15  # points 25–39

@@ -140,6 +140,18 @@ def test_a_large_evaluation_is_planned_as_shards_that_its_record_merges(tmp_path
     monkeypatch.setitem(evaluations.SHARDED, "pgd", lambda *a, **k: pytest.fail("recomputed"))
     executors.execute(again, "local", threads=1, progress=False)
     assert list(evaluations_of(tmp_path).values()) == [merged]
+    # a shard record whose per-point results are of another length is damaged: redone
+    path.unlink()
+    first = sorted((tmp_path / "results" / "evaluations" / "shards").glob("*shard0-*.json"))[0]
+    damaged = json.loads(first.read_text())
+    damaged["points"]["clean"] = damaged["points"]["clean"][:3]
+    first.write_text(json.dumps(damaged))
+    with pytest.warns(UserWarning, match=first.name):
+        redo = tiny_plan(tmp_path, **SHARDED)
+    assert [(t.kind, t.shard) for t in redo.tasks if not t.recorded] == [
+        ("shard", 0),
+        ("evaluation", None),
+    ]
 
 
 @pytest.mark.slow

@@ -131,6 +131,11 @@ def test_a_schedule_waits_for_warm_starts_runs_and_shards():
     assert plan.schedule(tasks, 1)["wall_seconds"] == 79
 
 
+def test_a_run_whose_data_is_not_on_disk_holds_back_no_other_task():
+    tasks = [task("run", None, 100.0), task("run", "a", 10.0), task("run", "b", 10.0)]
+    assert plan.schedule(tasks, 3)["wall_seconds"] == 100  # not 110: nothing waits for it
+
+
 def test_a_schedule_lies_between_the_lower_bounds_and_grahams_bound(rng):
     for _ in range(20):
         n = int(rng.integers(2, 30))

@@ -88,3 +88,13 @@ def test_the_recorded_study_names_our_variant_and_the_re_recording_the_official_
         assert v1[key] == ours
     assert official["qtrades_form"] == "official" and official["pgd_rules"][0] == "official"
     assert official["train_num_nearest"] == 10 and official["magnet_milestones"] == [5, 8]
+
+
+def test_the_default_shard_size_is_implied_and_another_one_is_named():
+    settings = protocol.settings("cifar10")
+    assert "shard_size" not in protocol.pgd_params(settings, "nominal", "ce")
+    assert "shard_size" not in protocol.pgd_params(settings, "nominal", "ce", shard_size=500)
+    other = protocol.settings("cifar10", {"shard_size": 100})
+    assert protocol.pgd_params(other, "nominal", "ce")["shard_size"] == 100
+    with pytest.raises(ValueError, match="shard_size"):
+        protocol.settings("cifar10", {"shard_size": 0})
