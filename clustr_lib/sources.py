@@ -110,6 +110,8 @@ class Source:
         seeds: runs per method; results_dir: where the runs are recorded.
         at_scale: the paper's protocol on the paper's dataset (only then a verdict).
         data: the images, on the device (``None`` only in a plan, for data not on disk).
+        name: the source's key in a chapter's JSON (``None``: the paper dataset, else
+            ``"study"``); the studies shown beside the paper protocol's have their own.
     """
 
     label: str
@@ -123,6 +125,7 @@ class Source:
     record_only: bool = False  # raise instead of computing an evaluation that is not recorded
     only_methods: list | None = None  # a study variant trains only these
     planner: object = None  # a :class:`clustr_lib.plan.Planner`: list requests, compute none
+    name: str | None = None  # key in a chapter's JSON (see :attr:`key`)
     train_devices: set = field(default_factory=set)  # devices that trained the runs read
     eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
     computed: list = field(default_factory=list)  # "label: file" of evaluations computed here
@@ -130,8 +133,9 @@ class Source:
 
     @property
     def key(self) -> str:
-        """The source's name in a chapter's JSON measurements: the paper dataset, or ``study``."""
-        return self.paper_dataset or "study"
+        """The source's name in a chapter's JSON measurements: its ``name``, else the paper
+        dataset, else ``study``."""
+        return self.name or self.paper_dataset or "study"
 
     @property
     def methods(self) -> list[str]:
@@ -421,9 +425,11 @@ def paper_source(
     )
 
 
-STUDIES = {  # the recorded CPU studies on digits32: name → (definition, label)
-    "digits32": (protocol.DIGITS32_STUDY, "digits32 study"),
-    "digits32-official": (protocol.DIGITS32_OFFICIAL, "digits32 study, official protocol"),
+STUDIES = {  # the recorded CPU studies on digits32: name → (definition, label, key)
+    # the paper's protocol as the official code trains it: the study chapters 6–11 read
+    "digits32-official": (protocol.DIGITS32_OFFICIAL, "digits32 study", "study"),
+    # its first recording, with our variant of the recipe: shown beside it in chapter 6
+    "digits32": (protocol.DIGITS32_STUDY, "digits32 study, our recipe", "study_ours"),
 }
 
 
@@ -433,11 +439,12 @@ def study_sources(name: str, repo_root=".", device="auto") -> list[Source]:
     ClusTR + QTRADES in our ``logprob`` form) is recorded in ``<results>-<variant>``."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
-    study, label = STUDIES[name]
+    study, label, key = STUDIES[name]
     variants = {None: {"overrides": {}, "methods": None}, **study.get("variants", {})}
     return [
         Source(
-            label=label if variant is None else f"{label}, {variant} variant",
+            label=label if variant is None else f"{label}, {variant} QTRADES",
+            name=key if variant is None else f"{key}_{variant}",
             dataset="digits32",
             paper_dataset=None,
             settings=protocol.settings("digits32", {**study["overrides"], **spec["overrides"]}),
@@ -454,15 +461,23 @@ def study_sources(name: str, repo_root=".", device="auto") -> list[Source]:
 
 
 def digits32_study(repo_root=".", device="auto") -> Source:
-    """Chapter 6's recorded study, the one chapters 6–11 read: 7 methods x 3 seeds on digits32
-    (our measurement, not a reproduction of a paper number)."""
-    return study_sources("digits32", repo_root, device)[0]
+    """Chapter 6's recorded study at the paper's protocol, the one chapters 6–11 read: 7
+    methods x 3 seeds on digits32 (our measurement, not a reproduction of a paper number)."""
+    return study_sources("digits32-official", repo_root, device)[0]
+
+
+def digits32_studies(repo_root=".", device="auto", ours: bool = False) -> list[Source]:
+    """The study at the paper's protocol, then ClusTR + QTRADES in our ``logprob`` form beside
+    it (the same recipe otherwise), then (``ours``) the first recording with our variant of
+    the recipe (``results/digits32``)."""
+    found = study_sources("digits32-official", repo_root, device)
+    return found + (study_sources("digits32", repo_root, device) if ours else [])
 
 
 def chapter_sources(datasets, *, study: bool = True, repo_root=".", **scale) -> list[Source]:
     """The sources of an evaluation chapter: one per paper dataset (at a profile's ``scale``),
-    then the digits32 study."""
+    then the digits32 study at the paper's protocol and its ``logprob`` QTRADES beside it."""
     sources = [paper_source(d, repo_root=repo_root, **scale) for d in datasets]
     if study:
-        sources.append(digits32_study(repo_root, scale.get("device", "auto")))
+        sources += digits32_studies(repo_root, scale.get("device", "auto"))
     return sources
