@@ -90,6 +90,23 @@ def eps_ablation(sources, eps_values, objectives, method: str = "clustr_qtrades"
     )
 
 
+def threat_calibration(sources, eps_values, method: str = "nominal", objective: str = "ce"):
+    """How strong each ε is on a source (issue 9): PGD-20/100 on ``method`` (nominal
+    training: no defence) at each ε of ``eps_values`` (units of 1/255), per seed, on the
+    sources that have ``method`` runs (a study variant may not)."""
+    sources = sources if isinstance(sources, (list, tuple)) else [sources]
+    having = [s for s in sources if method in s.methods]
+    return eps_ablation(having, eps_values, [objective], method=method)
+
+
+def calibrated_eps(frame: pd.DataFrame, below: float = 5.0, steps: int = 100) -> float | None:
+    """The smallest ε (1/255) of a :func:`threat_calibration` frame at which the mean over seeds
+    of PGD-``steps`` accuracy is below ``below`` % (``None``: at no ε tried)."""
+    means = frame.groupby("eps_255")[f"pgd{steps}"].mean().sort_index()
+    under = means[means < below]
+    return float(under.index[0]) if len(under) else None
+
+
 def d_ablation(sources, d_values, objectives, method: str = "clustr_qtrades", steps: int = 20):
     """Fig. 4: clean accuracy (whole test set) for every D, and PGD-``steps`` accuracy at
     each D of ``d_values`` (clipped to the number of clusters), per source, objective and
@@ -441,7 +458,10 @@ def chapter_measurements(chapter: str, sources, params: dict) -> dict:
     if chapter in ("03_cifar10", "04_svhn", "05_cifar100", "06_digits32_study"):
         return {"runs": runs_frame(sources)}
     if chapter == "07_eps_ablation":
-        return {"eps": eps_ablation(sources, p["eps_values"], p["objectives"])}
+        return {
+            "eps": eps_ablation(sources, p["eps_values"], p["objectives"]),
+            "calibration": threat_calibration(sources, p["calibration_eps"]),
+        }
     if chapter == "08_d_ablation":
         clean, robust = d_ablation(sources, p["d_values"], p["objectives"])
         return {"d_clean": clean, "d_robust": robust}
@@ -491,9 +511,10 @@ def benchmark_findings(runs: pd.DataFrame) -> dict:
     return {"seeds": seeds_of(runs), "per_method": means.to_dict(orient="index")}
 
 
-def eps_findings(frame: pd.DataFrame) -> dict:
+def eps_findings(frame: pd.DataFrame, calibration: pd.DataFrame | None = None) -> dict:
     """Chapter 7: mean PGD-100 per objective and ε, and whether it falls with every step of ε
-    under the paper's objective."""
+    under the paper's objective; with a :func:`threat_calibration` frame, nominal training's
+    mean PGD-100 per ε and the smallest ε at which it is below 5 % (:func:`calibrated_eps`)."""
     by_eps = {o: g.groupby("eps_255")["pgd100"].mean() for o, g in frame.groupby("objective")}
     paper_curve = by_eps["paper"]
     falls = bool((paper_curve.diff().dropna() <= 0).all())
@@ -505,6 +526,16 @@ def eps_findings(frame: pd.DataFrame) -> dict:
         "eps_max_ce": by_eps["ce"].iloc[-1] if "ce" in by_eps else float("nan"),
         "falls": falls,
         "shape": "falls with every step of ε" if falls else "does not fall monotonically with ε",
+        **(
+            {}
+            if calibration is None or not len(calibration)
+            else {
+                "nominal_pgd100": {
+                    f"{e:g}": v for e, v in calibration.groupby("eps_255")["pgd100"].mean().items()
+                },
+                "calibrated_eps": calibrated_eps(calibration),
+            }
+        ),
     }
 
 

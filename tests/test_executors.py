@@ -49,6 +49,7 @@ def tiny_plan(folder, train_size=200, **overrides) -> plan.Plan:
             "study": False,
             "eps_values": [2, 8],
             "objectives": ["ce"],
+            "calibration_eps": [],
         },
     }
     planner = plan.Planner()

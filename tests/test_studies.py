@@ -1,0 +1,39 @@
+"""Findings computed from hand-made frames (the chapters' rules, checked by hand)."""
+
+import pandas as pd
+
+from clustr_lib import studies
+
+
+def calibration_frame(rows):
+    return pd.DataFrame(
+        [{"source": "s", "seed": seed, "eps_255": eps, "pgd100": acc} for eps, seed, acc in rows]
+    )
+
+
+def test_the_calibrated_eps_is_the_smallest_whose_seed_mean_is_below_five_percent():
+    frame = calibration_frame(
+        [(8, 0, 20.0), (8, 1, 10.0), (12, 0, 8.0), (12, 1, 3.0), (16, 0, 1.0), (16, 1, 2.0)]
+    )
+    # means: 15.0, 5.5, 1.5 -> 16 (5.5 is not below 5), although one seed is below at 12
+    assert studies.calibrated_eps(frame) == 16.0
+    assert studies.calibrated_eps(frame, below=6.0) == 12.0
+    assert studies.calibrated_eps(frame, below=1.0) is None
+
+
+def test_eps_findings_carry_the_calibration_when_given():
+    eps = pd.DataFrame(
+        [
+            {"source": "s", "seed": 0, "objective": o, "eps_255": e, "pgd100": acc}
+            for o, e, acc in [
+                ("paper", 2, 90.0),
+                ("paper", 8, 60.0),
+                ("ce", 2, 80.0),
+                ("ce", 8, 50.0),
+            ]
+        ]
+    )
+    found = studies.eps_findings(eps, calibration_frame([(8, 0, 4.0)]))
+    assert found["calibrated_eps"] == 8.0 and found["nominal_pgd100"] == {"8": 4.0}
+    assert found["falls"] and found["eps_max_ce"] == 50.0
+    assert "calibrated_eps" not in studies.eps_findings(eps)
