@@ -28,15 +28,6 @@ from . import bench, book, evaluations, sources, studies
 from .records import config_hash, device_name, resolve_device, to_plain
 
 PAPER_CHAPTERS = {"03_cifar10": "cifar10", "04_svhn": "svhn", "05_cifar100": "cifar100"}
-EVALUATION_CHAPTERS = {  # chapter → the paper datasets its notebook reads (then the study)
-    "07_eps_ablation": ["cifar10", "svhn", "cifar100"],
-    "08_d_ablation": ["cifar10", "svhn", "cifar100"],
-    "09_adaptive_attack": ["cifar10", "svhn"],
-    "10_audit": ["cifar10", "svhn", "cifar100"],
-    "11_kmeans_nominal": ["cifar10"],
-}
-
-
 def chapter_sources(chapter: str, params: dict, download: bool = True) -> list:
     """The sources ``chapter`` reads, built from its parameters as its notebook builds them
     (paths relative to the folder the notebook runs in). ``download=False``: a paper dataset
@@ -44,16 +35,16 @@ def chapter_sources(chapter: str, params: dict, download: bool = True) -> list:
     scale = dict(params.get("scale") or {})
     repo_root = params.get("repo_root", ".")
     if chapter == "06_digits32_study":
-        return [sources.digits32_study(repo_root)]
+        return sources.digits32_studies(repo_root, ours=True)
     if chapter in PAPER_CHAPTERS:
         return [
             sources.paper_source(
                 PAPER_CHAPTERS[chapter], repo_root=repo_root, download=download, **scale
             )
         ]
-    if chapter in EVALUATION_CHAPTERS:
+    if chapter in sources.EVALUATION_CHAPTERS:
         return sources.chapter_sources(
-            EVALUATION_CHAPTERS[chapter],
+            chapter,
             study=params.get("study", True),
             repo_root=repo_root,
             download=download,

@@ -474,10 +474,27 @@ def digits32_studies(repo_root=".", device="auto", ours: bool = False) -> list[S
     return found + (study_sources("digits32", repo_root, device) if ours else [])
 
 
-def chapter_sources(datasets, *, study: bool = True, repo_root=".", **scale) -> list[Source]:
-    """The sources of an evaluation chapter: one per paper dataset (at a profile's ``scale``),
-    then the digits32 study at the paper's protocol and its ``logprob`` QTRADES beside it."""
+EVALUATION_CHAPTERS = {  # chapter → the paper datasets it reads, and whether it reads the
+    # study's logprob QTRADES variant beside the study (the audit's question about it)
+    "07_eps_ablation": (["cifar10", "svhn", "cifar100"], False),
+    "08_d_ablation": (["cifar10", "svhn", "cifar100"], False),
+    "09_adaptive_attack": (["cifar10", "svhn"], False),
+    "10_audit": (["cifar10", "svhn", "cifar100"], True),
+    "11_kmeans_nominal": (["cifar10"], False),
+}
+
+
+def chapter_sources(chapter: str, *, study: bool = True, repo_root=".", **scale) -> list[Source]:
+    """The sources of an evaluation chapter (:data:`EVALUATION_CHAPTERS`): one per paper
+    dataset it reads (at a profile's ``scale``), then (``study``) the digits32 study at the
+    paper's protocol, and in the audit its ``logprob`` QTRADES variant beside it."""
+    if chapter not in EVALUATION_CHAPTERS:
+        raise ValueError(
+            f"unknown evaluation chapter {chapter!r}; known: {', '.join(EVALUATION_CHAPTERS)}"
+        )
+    datasets, variants = EVALUATION_CHAPTERS[chapter]
     sources = [paper_source(d, repo_root=repo_root, **scale) for d in datasets]
     if study:
-        sources += digits32_studies(repo_root, scale.get("device", "auto"))
+        found = digits32_studies(repo_root, scale.get("device", "auto"))
+        sources += found if variants else found[:1]
     return sources

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .evaluations import tiny_share
 from .protocol import METHODS, attack_objective, magnet_alpha, shard_params
+from .sources import EVALUATION_CHAPTERS
 
 MASKING_MARGIN = 2.0  # accuracy points by which one attack must beat another to count
 COLLAPSE_MARGIN = 10.0  # points k-means + Eq. 4 must lose against the head to "collapse"
@@ -485,9 +486,13 @@ def study_evaluations(source, params: dict) -> dict:
     :func:`clustr_lib.book.default_parameters`), as the chapters' frames
     (:func:`chapter_measurements`). Run on a study it records each evaluation once
     (``python -m clustr_lib record``); with ``record_only`` it checks that all are recorded.
-    A variant without nominal or ClusTR + QTRADES runs skips the chapters that need them."""
+    A study's variant (``only_methods``) is measured where a chapter reads it
+    (:data:`clustr_lib.sources.EVALUATION_CHAPTERS`); a source without nominal or
+    ClusTR + QTRADES runs skips the chapters that need them."""
     frames = {}
     for chapter in STUDY_CHAPTERS:
+        if source.only_methods is not None and not EVALUATION_CHAPTERS[chapter][1]:
+            continue
         needs = "nominal" if chapter == "11_kmeans_nominal" else "clustr_qtrades"
         if needs in source.methods:
             frames.update(chapter_measurements(chapter, source, params[chapter]))
@@ -533,10 +538,24 @@ def eps_findings(frame: pd.DataFrame, calibration: pd.DataFrame | None = None) -
                 "nominal_pgd100": {
                     f"{e:g}": v for e, v in calibration.groupby("eps_255")["pgd100"].mean().items()
                 },
-                "calibrated_eps": calibrated_eps(calibration),
+                **_at_calibrated(by_eps, calibrated_eps(calibration)),
             }
         ),
     }
+
+
+def _at_calibrated(by_eps: dict, eps: float | None) -> dict:
+    """The calibrated ε (:func:`calibrated_eps`), as a number and as text, and the mean
+    PGD-100 of each objective there (NaN where that ε was not attacked)."""
+    out = {
+        "calibrated_eps": eps,
+        "calibrated_eps_text": "none of the ε tried" if eps is None else f"{eps:g}/255",
+    }
+    for objective, curve in by_eps.items():
+        out[f"at_calibrated_{objective}"] = (
+            float(curve[eps]) if eps is not None and eps in curve.index else float("nan")
+        )
+    return out
 
 
 def d_findings(clean: pd.DataFrame, robust: pd.DataFrame) -> dict:

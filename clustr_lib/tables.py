@@ -84,13 +84,14 @@ def paper_rows(dataset: str) -> pd.DataFrame:
     return table
 
 
-def objectives_table(frame: pd.DataFrame) -> pd.DataFrame:
+def objectives_table(frame: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     """Chapters 3–6: robust accuracy under the paper's PGD objective and under −log p_y, mean
     over seeds, with clean accuracy on the whole test set and on the attacked subset (columns
     of :func:`clustr_lib.studies.runs_frame`: the protocol's first PGD rule, then the others,
-    e.g. ``pgd100_paper_any_iterate``), one row per method in order of appearance."""
+    e.g. ``pgd100_paper_any_iterate``), one row per ``by`` (``"method"``, or ``"source"`` to
+    set one method's runs under several recipes side by side) in order of appearance."""
     cols = [c for c in frame if c.startswith(("pgd20_", "pgd100_"))]
-    means = frame.groupby("method", sort=False)[["clean_accuracy", "clean_attacked", *cols]].mean()
+    means = frame.groupby(by, sort=False)[["clean_accuracy", "clean_attacked", *cols]].mean()
     return means.round(2)
 
 

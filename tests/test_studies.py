@@ -36,4 +36,9 @@ def test_eps_findings_carry_the_calibration_when_given():
     found = studies.eps_findings(eps, calibration_frame([(8, 0, 4.0)]))
     assert found["calibrated_eps"] == 8.0 and found["nominal_pgd100"] == {"8": 4.0}
     assert found["falls"] and found["eps_max_ce"] == 50.0
+    assert found["calibrated_eps_text"] == "8/255"
+    assert found["at_calibrated_paper"] == 60.0 and found["at_calibrated_ce"] == 50.0
     assert "calibrated_eps" not in studies.eps_findings(eps)
+    never = studies.eps_findings(eps, calibration_frame([(2, 0, 40.0)]))
+    assert never["calibrated_eps"] is None and never["calibrated_eps_text"] == "none of the ε tried"
+    assert never["at_calibrated_paper"] != never["at_calibrated_paper"]  # NaN
