@@ -28,6 +28,8 @@ from . import bench, book, evaluations, sources, studies
 from .records import config_hash, device_name, resolve_device, to_plain
 
 PAPER_CHAPTERS = {"03_cifar10": "cifar10", "04_svhn": "svhn", "05_cifar100": "cifar100"}
+
+
 def chapter_sources(chapter: str, params: dict, download: bool = True) -> list:
     """The sources ``chapter`` reads, built from its parameters as its notebook builds them
     (paths relative to the folder the notebook runs in). ``download=False``: a paper dataset

@@ -626,6 +626,7 @@ def audit_findings(
     ce_norms = gradients.loc[gradients["objective"] == "ce", "norm"]
     gap = pick("paper") - strongest
     return {
+        **masking_answer(pick("paper"), pick("ce"), pick("autoattack")),
         "seeds": seeds_of(comparison),
         **{a: pick(a) for a in AUDIT_ATTACKS},
         "trades_autoattack": pick("autoattack", "TRADES"),
@@ -653,6 +654,29 @@ def audit_findings(
             f"within {MASKING_MARGIN:g} points"
         ),
     }
+
+
+def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
+    """Chapter 10's plain answer for one model (mean robust accuracies, %): how many points
+    AutoAttack breaks beyond PGD on −log p_y (``beyond_ce``: gradient masking that a sound
+    objective does not get past) and beyond the paper's PGD (``beyond_paper``), each judged
+    against :data:`MASKING_MARGIN`, in one sentence (``masking``)."""
+    beyond_ce, beyond_paper = ce - autoattack, paper - autoattack
+    if beyond_ce != beyond_ce:  # NaN: no AutoAttack recorded for this source
+        text = "AutoAttack was not run on this source"
+    elif beyond_ce > MASKING_MARGIN:
+        text = (
+            f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y: the model's "
+            "gradients mislead even an attack on a sound objective, the mark of gradient masking"
+        )
+    else:
+        text = (
+            f"AutoAttack breaks no more than PGD on −log p_y (within {MASKING_MARGIN:g} points), "
+            "so the gradients of a sound objective are not masked"
+        )
+        if beyond_paper > MASKING_MARGIN:
+            text += f"; the paper's PGD over-states robustness by {beyond_paper:.1f} points"
+    return {"beyond_ce": beyond_ce, "beyond_paper": beyond_paper, "masking": text}
 
 
 def kmeans_findings(frame: pd.DataFrame) -> dict:

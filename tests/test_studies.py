@@ -1,6 +1,7 @@
 """Findings computed from hand-made frames (the chapters' rules, checked by hand)."""
 
 import pandas as pd
+import pytest
 
 from clustr_lib import studies
 
@@ -42,3 +43,15 @@ def test_eps_findings_carry_the_calibration_when_given():
     never = studies.eps_findings(eps, calibration_frame([(2, 0, 40.0)]))
     assert never["calibrated_eps"] is None and never["calibrated_eps_text"] == "none of the ε tried"
     assert never["at_calibrated_paper"] != never["at_calibrated_paper"]  # NaN
+
+
+def test_the_masking_answer_compares_autoattack_with_pgd_on_a_sound_objective():
+    masked = studies.masking_answer(paper=74.0, ce=60.0, autoattack=0.0)
+    assert masked["beyond_ce"] == 60.0 and "mark of gradient masking" in masked["masking"]
+    sound = studies.masking_answer(paper=55.0, ce=48.7, autoattack=47.5)
+    assert sound["beyond_paper"] == pytest.approx(7.5)
+    assert sound["masking"].startswith("AutoAttack breaks no more than PGD on −log p_y")
+    assert "over-states robustness by 7.5 points" in sound["masking"]
+    agreeing = studies.masking_answer(paper=50.0, ce=49.0, autoattack=48.5)
+    assert "over-states" not in agreeing["masking"]
+    assert "not run" in studies.masking_answer(50.0, 49.0, float("nan"))["masking"]
