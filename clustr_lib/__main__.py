@@ -66,7 +66,8 @@ def main(argv=None) -> int:
             for source in study_sources(args.study, book.ROOT, args.device):
                 records = source.runs()
                 print(f"{source.label}: {len(records)} runs recorded in {source.results_dir}")
-            for source in study_sources(args.study, book.ROOT, args.device):
+            evaluated = STUDIES[args.study][0].get("evaluated_by_chapters", False)
+            for source in study_sources(args.study, book.ROOT, args.device) if evaluated else []:
                 study_evaluations(source, params)
                 print(
                     f"{source.label}: {len(source.loaded) + len(source.computed)} evaluations "

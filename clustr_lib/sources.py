@@ -123,7 +123,8 @@ class Source:
     at_scale: bool
     data: object
     record_only: bool = False  # raise instead of computing an evaluation that is not recorded
-    only_methods: list | None = None  # a study variant trains only these
+    only_methods: list | None = None  # a study (or its variant) trains only these
+    variant: str | None = None  # a study's variant: its name (e.g. "logprob")
     planner: object = None  # a :class:`clustr_lib.plan.Planner`: list requests, compute none
     name: str | None = None  # key in a chapter's JSON (see :attr:`key`)
     train_devices: set = field(default_factory=set)  # devices that trained the runs read
@@ -140,7 +141,7 @@ class Source:
     @property
     def methods(self) -> list[str]:
         """Methods with runs here: those of the paper's table for its dataset (chapters 3–5
-        train exactly those), all seven for the digits32 study."""
+        train exactly those); for a study, its own (all seven for the digits32 study)."""
         if self.paper_dataset is None:
             return list(self.only_methods or protocol.METHODS)
         reported = paper.accuracy_table(self.paper_dataset)
@@ -425,36 +426,41 @@ def paper_source(
     )
 
 
-STUDIES = {  # the recorded CPU studies on digits32: name → (definition, label, key)
+STUDIES = {  # the recorded CPU studies: name → (definition, label, key)
     # the paper's protocol as the official code trains it: the study chapters 6–11 read
     "digits32-official": (protocol.DIGITS32_OFFICIAL, "digits32 study", "study"),
     # its first recording, with our variant of the recipe: shown beside it in chapter 6
     "digits32": (protocol.DIGITS32_STUDY, "digits32 study, our recipe", "study_ours"),
+    # Fashion-MNIST at CPU scale (issue 14): 4 methods and the logprob variant, 3 seeds
+    "fashion32": (protocol.FASHION32_STUDY, "fashion32 study", "fashion32"),
 }
 
 
 def study_sources(name: str, repo_root=".", device="auto") -> list[Source]:
-    """A recorded digits32 study (:data:`STUDIES`) and each of its variants, as sources: our
+    """A recorded CPU study (:data:`STUDIES`) and each of its variants, as sources: our
     measurements at CPU scale, never a reproduction of a paper number. Each variant (e.g.
     ClusTR + QTRADES in our ``logprob`` form) is recorded in ``<results>-<variant>``."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
     study, label, key = STUDIES[name]
-    variants = {None: {"overrides": {}, "methods": None}, **study.get("variants", {})}
+    dataset = study.get("dataset", "digits32")
+    main = {"overrides": {}, "methods": study.get("methods")}  # None: every method
+    variants = {None: main, **study.get("variants", {})}
     return [
         Source(
             label=label if variant is None else f"{label}, {variant} QTRADES",
             name=key if variant is None else f"{key}_{variant}",
-            dataset="digits32",
+            dataset=dataset,
             paper_dataset=None,
-            settings=protocol.settings("digits32", {**study["overrides"], **spec["overrides"]}),
+            settings=protocol.settings(dataset, {**study["overrides"], **spec["overrides"]}),
             seeds=study["seeds"],
             results_dir=Path(repo_root)
             / "results"
             / (study["results"] if variant is None else f"{study['results']}-{variant}"),
             at_scale=False,
-            data=images("digits32", device=device),
+            data=images(dataset, device=device, train_size=study.get("train_size")),
             only_methods=spec["methods"],
+            variant=variant,
         )
         for variant, spec in variants.items()
     ]

@@ -486,12 +486,12 @@ def study_evaluations(source, params: dict) -> dict:
     :func:`clustr_lib.book.default_parameters`), as the chapters' frames
     (:func:`chapter_measurements`). Run on a study it records each evaluation once
     (``python -m clustr_lib record``); with ``record_only`` it checks that all are recorded.
-    A study's variant (``only_methods``) is measured where a chapter reads it
+    A study's variant (``variant``) is measured where a chapter reads it
     (:data:`clustr_lib.sources.EVALUATION_CHAPTERS`); a source without nominal or
     ClusTR + QTRADES runs skips the chapters that need them."""
     frames = {}
     for chapter in STUDY_CHAPTERS:
-        if source.only_methods is not None and not EVALUATION_CHAPTERS[chapter][1]:
+        if source.variant is not None and not EVALUATION_CHAPTERS[chapter][1]:
             continue
         needs = "nominal" if chapter == "11_kmeans_nominal" else "clustr_qtrades"
         if needs in source.methods:

@@ -55,3 +55,23 @@ def test_the_masking_answer_compares_autoattack_with_pgd_on_a_sound_objective():
     agreeing = studies.masking_answer(paper=50.0, ce=49.0, autoattack=48.5)
     assert "over-states" not in agreeing["masking"]
     assert "not run" in studies.masking_answer(50.0, 49.0, float("nan"))["masking"]
+
+
+def test_the_fashion32_study_is_four_methods_and_the_logprob_variant_at_its_cpu_scale(
+    monkeypatch,
+):
+    from clustr_lib import sources
+
+    asked = []
+    monkeypatch.setattr(sources, "images", lambda name, **kw: asked.append((name, kw)) or name)
+    main, logprob = sources.study_sources("fashion32", "/repo", device="cpu")
+    assert asked == [("fashion32", {"device": "cpu", "train_size": 10_000})] * 2
+    assert main.methods == ["nominal", "trades", "clustr", "clustr_qtrades"]
+    assert logprob.methods == ["clustr_qtrades"] and logprob.variant == "logprob"
+    assert main.variant is None and main.dataset == "fashion32" and not main.at_scale
+    assert str(main.results_dir) == "/repo/results/fashion32"
+    assert str(logprob.results_dir) == "/repo/results/fashion32-logprob"
+    assert main.settings["width"] == 8 and main.settings["eval_size"] == 500
+    assert main.settings["qtrades_form"] == "official"  # the paper's protocol otherwise
+    assert logprob.settings["qtrades_form"] == "logprob"
+    assert main.settings["flip"]  # fashion32 is augmented as CIFAR is, flips included
