@@ -163,15 +163,36 @@ def _results(two_d_at_scale=True):
             "runs": [
                 {"method": "ClusTR + QTRADES", "pgd100_paper": p, "pgd100_ce": c}
                 for p, c in ((61.25, 58.75), (62.5, 62.5), (80.0, 73.75))
+            ]
+            + [  # a recording shown beside the study: not the study's seeds
+                {
+                    "source": "digits32 study, logprob QTRADES",
+                    "method": "ClusTR + QTRADES",
+                    "pgd100_paper": 99.0,
+                    "pgd100_ce": 1.0,
+                }
             ],
             "provenance": {"sources": [{"source": "digits32 study", "attacked images": 80}]},
         },
         "07_eps_ablation": {
-            "measurements": {"study": {"pgd100": {"paper": {"16": 20.42}, "ce": {"16": 5.42}}}}
+            "measurements": {
+                "study": {
+                    "pgd100": {"paper": {"16": 20.42}, "ce": {"16": 5.42}},
+                    "nominal_pgd100": {"8": 46.25},
+                    "calibrated_eps_text": "16/255",
+                }
+            }
         },
         "10_audit": {
             "measurements": {
-                "study": {"autoattack": 62.5, "certified": 0.0, "shape": "over-states", "gap": 5.4}
+                "study": {
+                    "autoattack": 62.5,
+                    "certified": 0.0,
+                    "shape": "over-states",
+                    "gap": 5.4,
+                    "masking": "AutoAttack breaks no more than PGD on −log p_y",
+                },
+                "study_logprob": {"masking": "AutoAttack breaks 9.9 points more"},
             }
         },
     }
@@ -185,6 +206,10 @@ def test_the_findings_box_reads_its_numbers_from_the_results():
     assert "67.9%" in box and "(seeds: 61.2–80.0%)" in box and "63.8%" in box
     assert "62.5%" in box and "20.4% against 5.4%" in box and "80 attacked test images" in box
     assert "1.25 accuracy points" in box and "on 2 of 3 seeds" in box  # one image of 80
+    assert "(seeds: 61.2–80.0%)" in box  # the logprob recording's 99.0% is not the study's
+    assert "mask its gradients? On digits32, AutoAttack breaks no more than PGD" in box
+    assert "with our logprob QTRADES term, AutoAttack breaks 9.9 points more" in box
+    assert "nominal training keeps 46.2% there, and falls below 5% at 16/255" in box
     assert "**Not tested here**" in box and "C7–C22" in box and "74.04%" in box
     reduced = report.findings_markdown(_results(two_d_at_scale=False))
     assert "a reduced run: no verdict" in reduced
