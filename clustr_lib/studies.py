@@ -666,8 +666,9 @@ def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
         text = "AutoAttack was not run on this source"
     elif beyond_ce > MASKING_MARGIN:
         text = (
-            f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y: the model's "
-            "gradients mislead even an attack on a sound objective, the mark of gradient masking"
+            f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y, more than the "
+            f"{MASKING_MARGIN:g}-point margin: a sign of gradient masking that an attack on a "
+            "sound objective does not get past"
         )
     else:
         text = (
