@@ -416,7 +416,10 @@ class Chapter:
                 **{
                     f"{k}_sci": scientific(v)
                     for k, v in flat.items()
-                    if isinstance(v, float) and v != 0 and not 1e-3 <= abs(v) < 1e5
+                    if isinstance(v, float)
+                    and math.isfinite(v)
+                    and v != 0
+                    and not 1e-3 <= abs(v) < 1e5
                 },
                 **{f"{k}_verdict": v for k, v in verdicts.items()},
             }
