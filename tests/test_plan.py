@@ -45,7 +45,9 @@ def test_a_plan_lists_runs_and_evaluations_and_computes_nothing(tmp_path, monkey
     planner = plan.Planner()
     src.planner = planner
     frames = studies.chapter_measurements(
-        "07_eps_ablation", [src], {"eps_values": [2, 8, 16], "objectives": ["paper", "ce"]}
+        "07_eps_ablation",
+        [src],
+        {"eps_values": [2, 8, 16], "objectives": ["paper", "ce"], "calibration_eps": []},
     )
     assert len(frames["eps"]) == 0  # nothing recorded, nothing measured
     tasks = list(planner.tasks.values())
@@ -67,12 +69,17 @@ def test_a_plan_lists_runs_and_evaluations_and_computes_nothing(tmp_path, monkey
 
 def test_the_recorded_study_plans_as_recorded_with_its_measured_time():
     found = plan.make_plan("smoke", ["06_digits32_study"])
-    study = sources.digits32_study(book.ROOT)
+    shown = sources.digits32_studies(book.ROOT, ours=True)  # the study and the two beside it
     files = [
-        json.loads(records.record_path(study.results_dir, c).read_text()) for c in study.configs()
+        json.loads(records.record_path(s.results_dir, c).read_text())
+        for s in shown
+        for c in s.configs()
     ]
     expected = sum(f["training"]["seconds"] + sum(f["attack_seconds"].values()) for f in files)
-    assert len(found.tasks) == len(protocol.METHODS) * study.seeds == len(files)
+    study, logprob, ours = shown
+    assert len(study.configs()) == len(ours.configs()) == len(protocol.METHODS) * study.seeds
+    assert len(logprob.configs()) == logprob.seeds  # ClusTR + QTRADES only
+    assert len(found.tasks) == len(files)
     assert all(t.recorded and t.estimate == "recorded" for t in found.tasks)
     assert found.totals()["recorded_hours"] == pytest.approx(expected / 3600)
     assert found.totals()["to_do"] == 0

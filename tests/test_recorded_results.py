@@ -54,6 +54,7 @@ def test_every_evaluation_the_chapters_make_of_the_study_is_recorded(study):
     assert not study.computed and study.loaded
     assert set(frames) == {
         "eps",
+        "calibration",
         "d_clean",
         "d_robust",
         "adaptive",
@@ -68,6 +69,16 @@ def test_every_evaluation_the_chapters_make_of_the_study_is_recorded(study):
     # robust accuracy never exceeds the clean accuracy of the attacked points
     assert (frames["eps"]["pgd100"] <= frames["eps"]["clean"] + 1e-9).all()
     assert (frames["attacks"]["robust"] <= frames["attacks"]["clean"] + 1e-9).all()
+
+
+def test_the_logprob_variant_is_recorded_for_the_audit_that_reads_it():
+    p = {name: book.default_parameters(name) for name in studies.STUDY_CHAPTERS}
+    study, logprob = sources.digits32_studies(book.ROOT)
+    logprob.record_only = True
+    frames = studies.study_evaluations(logprob, p)
+    assert not logprob.computed and logprob.loaded
+    assert set(frames) == {"attacks", "gradients", "paths", "certificate"}  # chapter 10 only
+    assert studies.seeds_of(frames["attacks"]) == logprob.seeds == 3
 
 
 def test_the_guard_refuses_to_compute_a_missing_evaluation(study):
