@@ -16,6 +16,7 @@ JSON line each), which is how the tests check that a plan lists what the chapter
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -58,18 +59,6 @@ def images(name, data_dir=None, device="auto", train_size=None, test_size=None, 
             download=download,
         )
     return _DATA[key]
-
-
-class _Lazy:
-    """A value made on first call, once (a model that a merge of recorded shards never needs)."""
-
-    def __init__(self, make):
-        self.make, self.value = make, None
-
-    def __call__(self):
-        if self.value is None:
-            self.value = self.make()
-        return self.value
 
 
 def _leaves(value) -> list:
@@ -259,13 +248,7 @@ class Source:
             recorded = self._recorded_evaluation(path, key)
             parts = []  # a large PGD or AutoAttack: its shards' records (None: to do)
             if recorded is None and count > 1:
-                ranges = [shard_range(self.data, params, s) for s in range(count)]
-                parts = [
-                    self._recorded_evaluation(
-                        self._evaluation_path(record, key, s), {**key, "shard": s}, stop - start
-                    )
-                    for s, (start, stop) in enumerate(ranges)
-                ]
+                parts = [self._recorded_shard(record, key, params, s) for s in range(count)]
             self.planner.add_evaluation(self, config, name, params, path, recorded, parts)
             if recorded is not None:
                 found.append({"seed": record.seed, "metrics": recorded["metrics"]})
@@ -319,9 +302,9 @@ class Source:
         start = time.perf_counter()
         count = shard_count(name, self.data, params)
         if count > 1:
-            model = _Lazy(lambda: self.model(record))  # loaded only if a shard is not recorded
+            load = functools.cache(lambda: self.model(record))  # only if a shard is to make
             parts = [
-                self.evaluate_shard(record, name, params, s, force, model) for s in range(count)
+                self.evaluate_shard(record, name, params, s, force, load) for s in range(count)
             ]
             metrics = merge_shards([part["points"] for part in parts])
             seconds = sum(part["provenance"]["wall_seconds"] for part in parts)
@@ -343,26 +326,19 @@ class Source:
         return {"seed": record.seed, "metrics": metrics}
 
     def evaluate_shard(
-        self, record: RunRecord, name: str, params: dict, shard: int, force=False, model=None
+        self, record: RunRecord, name: str, params: dict, shard: int, force=False, load=None
     ) -> dict:
         """Shard ``shard`` of evaluation ``name`` (PGD or AutoAttack) of one recorded run, read
         when recorded, else computed and recorded in ``evaluations/shards/``: the record, with
         the per-point results (``points``) that :func:`clustr_lib.evaluations.merge_shards`
-        turns into the evaluation's metrics. ``model``: the run's network if already loaded
-        (or a ``_Lazy`` that loads it only when the shard must be computed)."""
+        turns into the evaluation's metrics. ``load``: returns the run's network (default: load
+        it), called only when the shard must be computed."""
         key = evaluation_key(record, name, params)
-        path = self._evaluation_path(record, key, shard)
-        first, last = shard_range(self.data, params, shard)
-        recorded = (
-            None
-            if force
-            else self._recorded_evaluation(path, {**key, "shard": shard}, points=last - first)
-        )
+        recorded = None if force else self._recorded_shard(record, key, params, shard)
         if recorded is not None:
             return recorded
         start = time.perf_counter()
-        model = self.model(record) if model is None else model
-        model = model() if isinstance(model, _Lazy) else model
+        model = load() if load is not None else self.model(record)
         points = to_plain(SHARDED[name](model, self.data, shard=shard, **params))
         recorded = {
             "key": {**key, "shard": shard},
@@ -372,8 +348,15 @@ class Source:
                 device=self.data.y_train.device, wall_seconds=time.perf_counter() - start
             ),
         }
-        save_json(path, recorded)
+        save_json(self._evaluation_path(record, key, shard), recorded)
         return recorded
+
+    def _recorded_shard(self, record: RunRecord, key: dict, params: dict, shard: int):
+        """The record of shard ``shard`` of the evaluation ``key``, ``None`` if absent or
+        damaged (its per-point results must cover the shard's points)."""
+        start, stop = shard_range(self.data, params, shard)
+        path = self._evaluation_path(record, key, shard)
+        return self._recorded_evaluation(path, {**key, "shard": shard}, points=stop - start)
 
     def describe(self) -> str:
         """One line: what this source is, at which scale, and where its results are recorded."""
