@@ -206,7 +206,9 @@ def pgd(
     Restarts run side by side in the batch dimension, ``restarts_per_pass`` at a time
     (all by default). With ``prune``, a later pass attacks only the points that are
     still robust: the result is the same rule, at a fraction of the cost for weak models
-    (not under ``official``, where a later restart can still change the kept one).
+    (not under ``official``, where a later restart can still change the kept one). Within a
+    pass, under ``official`` and ``any_iterate``, a point is no longer computed once it is
+    broken, whose result cannot change any more (:func:`_pgd_pass`).
 
     ``report_steps`` (default ``(steps,)``) lists iterations at which robustness is also
     read off the *same* runs: PGD-20 is the first 20 iterations of PGD-100 with the same
@@ -326,43 +328,74 @@ def _pgd_pass(
     rule="any_restart",
 ):
     """``count`` restarts side by side on ``x``: whether each is broken at each reported step
-    under ``rule`` (and, for ``official``, its objective there), and the final iterates."""
+    under ``rule`` (and, for ``official``, its objective there), and the final iterates.
+
+    Under ``official`` and ``any_iterate`` (without ``trace``) only the *active* points are
+    computed: a point leaves once it is broken, because its result can no longer change —
+    under ``official`` it is frozen (the official code stops updating it, so it stays
+    misclassified with the objective it had then), under ``any_iterate`` it counts as broken
+    at every later iterate. Its final iterate is the one that broke it."""
     x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
     x_adv = _random_start(x_rep, eps_rep, norm, generator) if random_start else x_rep.clone()
     x_adv = project(x_adv, x_rep, eps_rep, norm)
     every_step = rule != "any_restart"  # both other rules look at every iterate
-    ever_broken = torch.zeros(len(y_rep), dtype=torch.bool, device=x.device)
+    freeze = every_step and not trace  # broken points leave the active set
+    total = len(y_rep)
+    active = torch.arange(total, device=x.device)  # the points still attacked
+    ever_broken = torch.zeros(total, dtype=torch.bool, device=x.device)
+    frozen_loss = torch.zeros(total, device=x.device)  # official: objective where it froze
     broken, loss_at, loss_log, correct_log = {}, {}, [], []
     for step in range(steps + 1):
-        wrong = None
+        if len(active) == 0:  # every point is broken: the later reports are as they are now
+            for t in (t for t in report_steps if t >= step):
+                broken[t] = ever_broken.clone().view(count, -1)
+                if rule == "official":
+                    loss_at[t] = frozen_loss.clone().view(count, -1)
+            break
+        wrong = None  # of the active points
         if every_step or step in report_steps:
-            wrong = predict(model, x_adv) != y_rep
-            ever_broken |= wrong
+            wrong = predict(model, x_adv[active]) != y_rep[active]
+            ever_broken[active] = ever_broken[active] | wrong
         if step in report_steps:
-            broken[step] = (ever_broken if rule == "any_iterate" else wrong).view(count, -1)
-        need_loss = trace or (rule == "official" and step in report_steps)
+            now = ever_broken
+            if rule == "any_restart":
+                now = torch.zeros_like(ever_broken).index_put_((active,), wrong)
+            broken[step] = now.clone().view(count, -1)
+        if freeze and rule == "any_iterate":  # no objective is needed where a point broke
+            active, wrong = active[~wrong], None
+            if len(active) == 0:
+                continue
+        need_loss = trace or (rule == "official" and (step in report_steps or freeze))
         if step == steps and not need_loss:
             break
-        x_adv.requires_grad_(True)
+        x_now = x_adv[active].requires_grad_(True)
         with torch.enable_grad():
-            loss = attack_objective(model, x_adv, y_rep, objective, alpha)
-            grad = None if step == steps else torch.autograd.grad(loss.sum(), x_adv)[0]
+            loss = attack_objective(model, x_now, y_rep[active], objective, alpha)
+            grad = None if step == steps else torch.autograd.grad(loss.sum(), x_now)[0]
+        loss = loss.detach().float()
+        if rule == "official" and freeze:  # the objective a point keeps once it is frozen
+            frozen_loss[active[wrong]] = loss[wrong]
         if rule == "official" and step in report_steps:
-            loss_at[step] = loss.detach().float().view(count, -1)
-        if trace:
-            loss_log.append(loss.detach().view(count, -1))
+            loss_at[step] = frozen_loss.clone().index_put_((active,), loss).view(count, -1)
+        if trace:  # every point is active
+            loss_log.append(loss.view(count, -1))
             correct_log.append(
                 ~wrong.view(count, -1)
                 if wrong is not None
-                else (predict(model, x_adv.detach()) == y_rep).view(count, -1)
+                else (predict(model, x_adv) == y_rep).view(count, -1)
             )
-        x_adv = x_adv.detach()
-        if grad is not None:
-            stepped = project(x_adv + _ascent_step(grad, step_size, norm), x_rep, eps_rep, norm)
-            if rule == "official":  # a misclassified point is no longer updated
-                frozen = wrong.view((-1,) + (1,) * (x_adv.ndim - 1))
-                stepped = torch.where(frozen, x_adv, stepped)
-            x_adv = stepped
+        if grad is None:
+            continue
+        x_now = x_now.detach()
+        stepped = project(
+            x_now + _ascent_step(grad, step_size, norm), x_rep[active], eps_rep[active], norm
+        )
+        if rule == "official":  # a misclassified point is no longer updated
+            frozen = wrong.view((-1,) + (1,) * (x_now.ndim - 1))
+            stepped = torch.where(frozen, x_now, stepped)
+        x_adv[active] = stepped
+        if rule == "official" and freeze:
+            active = active[~wrong]
     run = {"broken": broken, "loss_at": loss_at, "final": x_adv.view((count,) + tuple(x.shape))}
     if trace:
         run["loss"], run["correct"] = torch.stack(loss_log), torch.stack(correct_log)

@@ -19,7 +19,9 @@ Timing does not depend on pixel values, so random uint8 images stand in for CIFA
 * PGD image-iterations/s with 10 restarts side by side: ``pgd_image_iterations_per_s``
   under the ``any_restart`` rule, ``pgd_every_iterate_image_iterations_per_s`` under the
   protocol's rules (``official``, ``any_iterate``: a prediction at every iterate). Attacks
-  run in float32 (TF32 convolutions, PyTorch's default), never in ``--precision``;
+  run in float32 (TF32 convolutions, PyTorch's default), never in ``--precision``, in the
+  channels-last layout the evaluations use (``pgd_usual_layout_image_iterations_per_s``: the
+  first in the layout as trained);
 * a cluster refresh on 50,000 × 512 features: the embedding pass (no autograd, the largest
   batch tried that fits; timed on one batch and extrapolated) and k-means at CIFAR-10's
   protocol settings (K = 2, ``n_init`` 1, ``max_iter`` 20, random state 1) with the device's
@@ -55,6 +57,7 @@ from . import protocol
 from .attacks import pgd
 from .classify import ClusterClassifier
 from .data import ImageData
+from .evaluations import channels_last
 from .magnet import KMEANS_BACKENDS, ClusterIndex
 from .models import WithHead, resnet18_embedder
 from .records import device_name, provenance, resolve_device, save_json
@@ -194,32 +197,26 @@ def bench_training(device, repeats: int, *, width: int = 64, amp_options=None) -
 
 def bench_pgd(device, repeats: int, points: int, width: int = 64) -> dict:
     """PGD image-iterations per second with 10 restarts side by side (one pass), under the
-    ``any_restart`` rule and under a rule that predicts every iterate (the protocol's)."""
+    ``any_restart`` rule and under a rule that predicts every iterate (the protocol's), in the
+    channels-last layout the evaluations attack in (:func:`clustr_lib.evaluations.channels_last`);
+    ``pgd_usual_layout_…``: the first again with the weights as trained."""
     torch.manual_seed(0)
     net = _network(width).to(device).eval()
     x = torch.rand(points, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (points,), device=device)
     steps, out = 5, {"pgd_points": points, "pgd_restarts_side_by_side": 10}
-    for key, rule in (
-        ("pgd_image_iterations_per_s", "any_restart"),
-        ("pgd_every_iterate_image_iterations_per_s", "any_iterate"),
+    for key, rule, layout in (
+        ("pgd_image_iterations_per_s", "any_restart", channels_last),
+        ("pgd_every_iterate_image_iterations_per_s", "any_iterate", channels_last),
+        ("pgd_usual_layout_image_iterations_per_s", "any_restart", contextlib.nullcontext),
     ):
-        seconds = _time(
-            lambda rule=rule: pgd(
-                net,
-                x,
-                y,
-                eps=8 / 255,
-                step_size=2 / 255,
-                steps=steps,
-                restarts=10,
-                prune=False,
-                rule=rule,
-            ),
-            device,
-            max(1, repeats // 2),
-            warmup=1,
-        )
+
+        def attack(rule=rule, layout=layout):  # every point at every iterate (``trace``
+            with layout(net):  # under any_iterate: broken points would leave the batch)
+                pgd(net, x, y, eps=8 / 255, step_size=2 / 255, steps=steps, restarts=10,
+                    prune=False, rule=rule, trace=rule == "any_iterate")  # fmt: skip
+
+        seconds = _time(attack, device, max(1, repeats // 2), warmup=1)
         out[key] = points * 10 * steps / seconds
     return out
 

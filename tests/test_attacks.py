@@ -354,6 +354,40 @@ def test_any_iterate_never_leaves_more_points_robust_than_any_restart(rng):
     assert torch.equal(official.robust, pgd(net, x, y, rule="official", **kwargs).robust)
 
 
+class CountingRows(nn.Module):
+    """A network that counts the rows of every forward pass."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("rule", ["official", "any_iterate"])
+def test_a_broken_point_is_no_longer_computed_and_its_result_is_the_full_computation(rng, rule):
+    """Under ``official`` and ``any_iterate`` a broken point's result cannot change, so PGD
+    stops computing it: the same per-point results (at PGD-2 and PGD-8) and kept objectives as
+    the exhaustive computation that ``trace`` makes, from under 60 % of its forward rows."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.tensor(rng.uniform(0, 1, size=(300, 10)), dtype=torch.float32)
+    y = net(x).argmax(1).detach()
+    kwargs = dict(eps=0.2, step_size=0.05, steps=8, restarts=3, seed=4, report_steps=(2, 8))
+    counted = CountingRows(net)
+    fast = pgd(counted, x, y, rule=rule, **kwargs)
+    fast_rows, counted.rows = counted.rows, 0
+    full = pgd(counted, x, y, rule=rule, trace=True, **kwargs)  # every point, every iterate
+    for t in (2, 8):
+        assert torch.equal(fast.extra["robust_at"][t], full.extra["robust_at"][t])
+    assert 0.1 < fast.robust_accuracy < 0.9 * fast.clean_accuracy  # breaks some, not all
+    assert fast_rows < 0.6 * counted.rows
+    broken = ~fast.robust & fast.clean_correct  # the kept iterate of a broken point is wrong
+    assert (net(fast.x_adv[broken]).argmax(1) != y[broken]).all()
+
+
 class Bump(nn.Module):
     """1-D input, 3 classes, true class 0 (logit 0): class 1's logit ``2x − 3`` pulls the
     cross-entropy's ascent to the right; class 2 wins only in a narrow band around 0.55."""

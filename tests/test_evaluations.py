@@ -13,7 +13,7 @@ from torch import nn
 
 from clustr_lib import attacks, evaluations, protocol, sources, studies
 from clustr_lib.classify import ClusterClassifier, ClusterModel
-from clustr_lib.models import WithHead
+from clustr_lib.models import WithHead, resnet18_embedder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -329,6 +329,22 @@ def test_an_evaluation_of_one_shard_is_exactly_the_unsharded_attack():
     )
     assert torch.equal(second["robust"]["10"], alone.robust)
     assert 0 < out["robust"]["10"] < out["clean"]  # the attack breaks some points, not all
+
+
+def test_a_pgd_shard_on_a_convolutional_network_is_the_attack_in_the_usual_layout(rng):
+    """The shard attacks in channels-last layout (a speed choice): the same per-point result
+    as :func:`clustr_lib.attacks.pgd` on the untouched model, which is handed back contiguous."""
+    torch.manual_seed(0)
+    model = WithHead(resnet18_embedder(2), 16, 3).eval()
+    x = torch.rand(24, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    params = dict(eps=0.1, step_size=0.025, steps=[4], restarts=2, objective="ce", seed=1)
+    direct = attacks.pgd(model, x, y, **{**params, "steps": 4}, rule="any_restart")
+    shard = evaluations.pgd_shard(model, Data(x, y), shard=0, **params)
+    assert torch.equal(shard["robust"]["4"], direct.robust)
+    assert 0 < int(direct.robust.sum()) < 24  # some points break, some do not
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_merging_shards_takes_the_mean_of_the_concatenated_per_point_results():
