@@ -1,6 +1,7 @@
 """``python -m clustr_lib run|plan|build|record``: the papermill batch, its plan (what it
-would train and evaluate), the book build, and the recording of a digits32 study's runs
-(resumable: recorded runs are read, an interrupted run resumes from its checkpoint)."""
+would train and evaluate), the book build, and the recording of a CPU study: its runs, then
+the evaluations its chapters make of them (resumable: recorded runs and evaluations are read,
+an interrupted run resumes from its checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from . import book
 from .executors import EXECUTORS, ExecutionError, execute
 from .plan import make_plan
 from .sources import STUDIES, study_sources
-from .studies import STUDY_CHAPTERS, study_evaluations
+from .studies import STUDY_CHAPTERS, dataset_audit, study_evaluations
 
 
 def main(argv=None) -> int:
@@ -66,9 +67,12 @@ def main(argv=None) -> int:
             for source in study_sources(args.study, book.ROOT, args.device):
                 records = source.runs()
                 print(f"{source.label}: {len(records)} runs recorded in {source.results_dir}")
-            evaluated = STUDIES[args.study][0].get("evaluated_by_chapters", False)
-            for source in study_sources(args.study, book.ROOT, args.device) if evaluated else []:
-                study_evaluations(source, params)
+            definition = STUDIES[args.study][0]
+            for source in study_sources(args.study, book.ROOT, args.device):
+                if definition.get("evaluated_by_chapters", False):
+                    study_evaluations(source, params)
+                if "audit" in definition:
+                    dataset_audit(source, definition["audit"])
                 print(
                     f"{source.label}: {len(source.loaded) + len(source.computed)} evaluations "
                     f"recorded ({len(source.computed)} computed now)"

@@ -358,6 +358,25 @@ def kmeans_on_nominal(
     return out
 
 
+def score_underflow(model, data, *, eval_size=None) -> dict:
+    """How often Eq. (4)'s class scores ``s_c = Σ_j exp(−‖f − μ_{c,j}‖²/(2σ²))`` (over the D
+    nearest clusters, :meth:`~clustr_lib.classify.ClusterClassifier.scores`) are *all* 0 in
+    float32 at a clean test point: there the paper's PGD objective, the cross-entropy of the
+    raw scores, is ``log C`` whatever the input, and its gradient is exactly zero. Shares over
+    the whole test set (``all_zero``) and over the attacked points (``all_zero_attacked``)."""
+    if not isinstance(model, ClusterModel):
+        raise TypeError("score underflow needs a cluster model (Eq. 4)")
+    n = attacked_count(data, eval_size)
+    with evaluating(model), torch.no_grad():
+        feats = embed_all(model.embedder, data.test_images())
+        zero = (model.classifier.scores(feats.float()) == 0).all(1)
+    return {
+        "all_zero": float(zero.double().mean()),
+        "all_zero_attacked": float(zero[:n].double().mean()),
+        "points": len(zero),
+    }
+
+
 EVALUATIONS = {
     "pgd": pgd_accuracy,
     "autoattack": autoattack_accuracy,
@@ -366,6 +385,7 @@ EVALUATIONS = {
     "clean_by_d": clean_accuracy_by_d,
     "certificate": image_certificate,
     "kmeans_nominal": kmeans_on_nominal,
+    "score_underflow": score_underflow,
 }
 
 

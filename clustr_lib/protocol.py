@@ -210,6 +210,13 @@ FASHION32_STUDY = {
             "overrides": {"qtrades_form": "logprob", "train_num_nearest": None},
         }
     },
+    # What `record fashion32` measures of every run, and its chapter shows
+    # (clustr_lib.studies.dataset_audit): each attack at both radii, step 2/255 throughout
+    "audit": {
+        "eps": [8 / 255, 0.1],  # the paper's ε, and the radius usual on Fashion-MNIST
+        "rules": ["official", "any_restart", "any_iterate"],  # every PGD rule (issue 9)
+        "gradient_objectives": ["paper", "ce", "magnet"],  # input-gradient norms at x
+    },
 }
 
 
@@ -314,6 +321,13 @@ def attack_objective(method: str, objective: str) -> str | None:
     if method in CLUSTER_METHODS:
         return objective
     return {"paper": "ce", "magnet": None}.get(objective, objective)
+
+
+def applicable_objectives(method: str, objectives) -> list[str]:
+    """What each of ``objectives`` means for a ``method`` network
+    (:func:`attack_objective`), each once, in order; those that do not apply are left out."""
+    meant = (attack_objective(method, o) for o in objectives)
+    return list(dict.fromkeys(o for o in meant if o is not None))
 
 
 def pgd_params(settings: dict, method: str, objective: str, **changes) -> dict:

@@ -242,8 +242,7 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
 def protocol_objectives(config: dict) -> list[str]:
     """The PGD objectives a run records: the protocol's, as they apply to its method
     (:func:`clustr_lib.protocol.attack_objective`), each once."""
-    objectives = (protocol.attack_objective(config["method"], o) for o in config["pgd_objectives"])
-    return list(dict.fromkeys(o for o in objectives if o is not None))
+    return protocol.applicable_objectives(config["method"], config["pgd_objectives"])
 
 
 def evaluate(model, data, config: dict) -> tuple[dict, dict]:

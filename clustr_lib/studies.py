@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from .evaluations import tiny_share
-from .protocol import METHODS, attack_objective, magnet_alpha, shard_params
+from .protocol import (
+    CLUSTER_METHODS,
+    METHODS,
+    applicable_objectives,
+    attack_objective,
+    magnet_alpha,
+    shard_params,
+)
 from .sources import EVALUATION_CHAPTERS
 
 MASKING_MARGIN = 2.0  # accuracy points by which one attack must beat another to count
@@ -171,14 +178,18 @@ def attack_label(objective: str, rule: str | None = None) -> str:
     return ATTACK_LABELS[objective] + (f" ({RULE_LABELS[rule]})" if rule else "")
 
 
-def attack_comparison(sources, methods, autoattack_methods) -> pd.DataFrame:
+def attack_comparison(
+    sources, methods, autoattack_methods, eps: float | None = None, rules=None
+) -> pd.DataFrame:
     """The audit: robust accuracy of the same models under every attack, per source and seed
-    (PGD-100 for the PGD rows, under each of the protocol's rules — the paper's first;
-    AutoAttack's four attacks in sequence; Square alone)."""
+    (PGD-100 for the PGD rows, under each of ``rules`` — default the protocol's, the paper's
+    first; AutoAttack's four attacks in sequence; Square alone), at ``eps`` (default the
+    protocol's ε; PGD keeps the protocol's step)."""
+    changes = {} if eps is None else {"eps": float(eps)}
 
     def one(source):
         last = str(max(source.settings["pgd_steps"]))
-        first, *others = source.settings["pgd_rules"]
+        first, *others = rules or source.settings["pgd_rules"]
         rows = []
         for method in (m for m in methods if m in source.methods):
             for objective in ("paper", "ce", "margin", "magnet"):
@@ -188,19 +199,20 @@ def attack_comparison(sources, methods, autoattack_methods) -> pd.DataFrame:
                     label = attack_label(objective, None if rule == first else rule)
                     rows += [
                         {**r, "attack": label, "robust": r[f"pgd{last}"]}
-                        for r in pgd_rows(source, method, objective, rule=rule)
+                        for r in pgd_rows(source, method, objective, rule=rule, **changes)
                     ]
             if method in autoattack_methods:
-                rows += autoattack_rows(source, method)
+                rows += autoattack_rows(source, method, eps)
         return rows
 
     return _frame(sources, one)
 
 
-def autoattack_rows(source, method: str) -> list[dict]:
-    """AutoAttack (standard: its four attacks in sequence) and Square alone at the protocol's
-    ε on the attacked points, per seed."""
-    eps, size = source.settings["eps"], source.settings["eval_size"]
+def autoattack_rows(source, method: str, eps: float | None = None) -> list[dict]:
+    """AutoAttack (standard: its four attacks in sequence) and Square alone at ``eps``
+    (default the protocol's ε) on the attacked points, per seed."""
+    eps = source.settings["eps"] if eps is None else float(eps)
+    size = source.settings["eval_size"]
     rows = []
     for label, attacks in (
         ("autoattack", ["apgd-ce", "apgd-t", "fab-t", "square"]),
@@ -320,12 +332,19 @@ def attack_paths(sources, method: str, objectives, steps: int | None = None) -> 
     return _frame(sources, one)
 
 
-def certificate(sources, methods=("clustr_qtrades", "clustr")) -> pd.DataFrame:
-    """Theorem 1 on the image models, per source, method and seed (see
-    :func:`clustr_lib.evaluations.image_certificate`)."""
+def eps_text(eps: float) -> str:
+    """An ℓ∞ radius as the book writes it: in units of 1/255 (``"8/255"``, ``"25.5/255"``)."""
+    return f"{round(float(eps) * 255, 2):g}/255"
+
+
+def certificate(sources, methods=("clustr_qtrades", "clustr"), eps: float | None = None):
+    """Theorem 1 on the image models at ``eps`` (default the protocol's ε), per source, method
+    and seed (see :func:`clustr_lib.evaluations.image_certificate`)."""
 
     def one(source):
-        params = {"eps_linf": source.settings["eps"], "eval_size": source.settings["eval_size"]}
+        radius = source.settings["eps"] if eps is None else float(eps)
+        params = {"eps_linf": radius, "eval_size": source.settings["eval_size"]}
+        at = eps_text(radius)
         return [
             {
                 "source": source.label,
@@ -336,8 +355,8 @@ def certificate(sources, methods=("clustr_qtrades", "clustr")) -> pd.DataFrame:
                 "median radius (paper)": m["paper"]["median_radius"],
                 "ℓ2 radius needed": m["l2_radius_needed"],
                 "median ℓ∞ radius certified": m["median_linf_certified"],
-                "certified at 8/255 (%)": 100 * m["sound"]["certified_share"],
-                "certified at 8/255, paper's reduction (%)": 100 * m["paper"]["certified_share"],
+                f"certified at {at} (%)": 100 * m["sound"]["certified_share"],
+                f"certified at {at}, paper's reduction (%)": 100 * m["paper"]["certified_share"],
                 "nearest-cluster accuracy (%)": 100 * m["nearest_cluster_accuracy"],
             }
             for method in methods
@@ -347,6 +366,66 @@ def certificate(sources, methods=("clustr_qtrades", "clustr")) -> pd.DataFrame:
         ]
 
     return _frame(sources, one)
+
+
+def score_underflow(sources, methods=CLUSTER_METHODS) -> pd.DataFrame:
+    """How often every Eq. (4) class score is 0 in float32 at a clean test point (where the
+    paper's objective has a zero gradient), per source, method and seed (see
+    :func:`clustr_lib.evaluations.score_underflow`)."""
+
+    def one(source):
+        params = {"eval_size": source.settings["eval_size"]}
+        return [
+            {
+                "source": source.label,
+                "method": METHODS[method],
+                "seed": e["seed"],
+                "all scores 0, test set (%)": 100 * e["metrics"]["all_zero"],
+                "all scores 0, attacked points (%)": 100 * e["metrics"]["all_zero_attacked"],
+            }
+            for method in methods
+            if method in source.methods
+            for e in source.evaluate(method, "score_underflow", params)
+        ]
+
+    return _frame(sources, one)
+
+
+def dataset_audit(sources, audit: dict) -> dict:
+    """Every measurement of a recorded study's audit (``audit``: e.g.
+    :data:`clustr_lib.protocol.FASHION32_STUDY`'s, issue 14), over all of its methods, as
+    frames: ``runs`` (Table 1's columns, :func:`runs_frame`); ``attacks``
+    (:func:`attack_comparison` under ``audit["rules"]`` at each ε of ``audit["eps"]``, with
+    column ``eps_255``); ``gradients`` (input-gradient norms under each of
+    ``audit["gradient_objectives"]`` that applies to the method); ``underflow``
+    (:func:`score_underflow`); ``certificate`` (Theorem 1 at each ε, ``eps_255``)."""
+    sources = sources if isinstance(sources, (list, tuple)) else [sources]
+    methods = list(METHODS)
+    at = [(float(e), round(float(e) * 255, 2)) for e in audit["eps"]]
+    attacks = [
+        attack_comparison(sources, methods, methods, eps=e, rules=audit["rules"]).assign(
+            eps_255=e255
+        )
+        for e, e255 in at
+    ]
+    gradients = [
+        gradient_norms(source, method, applicable_objectives(method, audit["gradient_objectives"]))
+        for source in sources
+        for method in source.methods
+    ]
+    certificates = [
+        certificate(sources, CLUSTER_METHODS, eps=e)
+        .rename(columns=lambda c, e=e: c.replace(f" at {eps_text(e)}", ""))
+        .assign(eps_255=e255)
+        for e, e255 in at
+    ]
+    return {
+        "runs": runs_frame(sources),
+        "attacks": pd.concat(attacks, ignore_index=True),
+        "gradients": pd.concat(gradients, ignore_index=True),
+        "underflow": score_underflow(sources),
+        "certificate": pd.concat(certificates, ignore_index=True),
+    }
 
 
 def kmeans_on_nominal(sources) -> pd.DataFrame:

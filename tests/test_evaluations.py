@@ -89,6 +89,28 @@ def test_the_papers_objective_has_zero_gradient_where_the_scores_underflow():
     }
 
 
+def test_score_underflow_is_the_share_of_points_whose_float32_scores_are_all_zero(rng):
+    """NumPy in float32: ``s_c = Σ exp(−‖f − μ‖²/2σ²)`` is all zero exactly when the nearest
+    centre is farther than about √(2σ² · 103.3) (float32's smallest subnormal is e^−103.3)."""
+    centroids = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], dtype=np.float32)
+    x = np.concatenate(
+        [rng.normal(size=(30, 2)), rng.normal(size=(20, 2)) + 40.0]  # 20 far from every centre
+    ).astype(np.float32)
+    model = ClusterModel(
+        nn.Flatten(), ClusterClassifier(torch.tensor(centroids), torch.tensor([0, 1, 2]), 4.0)
+    ).eval()
+    sq = ((x[:, None] - centroids[None]) ** 2).sum(-1, dtype=np.float32)
+    expected = (np.exp(-sq / np.float32(8.0)) == 0).all(1)
+    out = evaluations.score_underflow(
+        model, Data(torch.tensor(x).view(50, 1, 1, 2), rng.integers(0, 3, 50)), eval_size=40
+    )
+    assert out["all_zero"] == pytest.approx(expected.mean()) == pytest.approx(20 / 50)
+    assert out["all_zero_attacked"] == pytest.approx(expected[:40].mean())
+    assert out["points"] == 50
+    with pytest.raises(TypeError, match="cluster model"):
+        evaluations.score_underflow(nn.Flatten(), Data(torch.tensor(x), [0] * 50))
+
+
 def eq4_numpy(feats, centroids, classes, variance, d):
     """Eq. (4) over the D nearest clusters, argmax, transcribed with NumPy."""
     sq = ((feats[:, None] - centroids[None]) ** 2).sum(-1)

@@ -1,9 +1,12 @@
 """Findings computed from hand-made frames (the chapters' rules, checked by hand)."""
 
+import dataclasses
+import json
+
 import pandas as pd
 import pytest
 
-from clustr_lib import studies
+from clustr_lib import protocol, studies
 
 
 def calibration_frame(rows):
@@ -74,3 +77,41 @@ def test_the_fashion32_study_is_four_methods_and_the_logprob_variant_at_its_cpu_
     assert main.settings["qtrades_form"] == "official"  # the paper's protocol otherwise
     assert logprob.settings["qtrades_form"] == "logprob"
     assert main.settings["flip"]  # fashion32 is augmented as CIFAR is, flips included
+
+
+def test_the_dataset_audit_asks_every_attack_at_both_radii_and_nothing_twice(tmp_path):
+    """The audit of a study (issue 14), planned on one seed of 4 methods: counted by hand."""
+    from clustr_lib import plan, sources
+
+    src = sources.paper_source(
+        "cifar10",
+        stand_in="digits32",
+        train_size=200,
+        test_size=40,
+        overrides={"width": 2, "eval_size": 8, "pgd_restarts": 1, "pgd_steps": [2]},
+        seeds=1,
+        results_dir=tmp_path / "results",
+    )
+    methods = ["nominal", "trades", "clustr", "clustr_qtrades"]  # as a study names them
+    src = dataclasses.replace(src, paper_dataset=None, only_methods=methods, planner=plan.Planner())
+    assert src.methods == methods
+    frames = studies.dataset_audit(src, protocol.FASHION32_STUDY["audit"])
+    assert set(frames) == {"runs", "attacks", "gradients", "underflow", "certificate"}
+    evaluated = [t for t in src.planner.tasks.values() if t.kind == "evaluation"]
+    by_name = {}
+    for t in evaluated:
+        by_name[t.evaluation] = by_name.get(t.evaluation, 0) + 1
+    # PGD: a CE network has 2 objectives (−log p_y, margin), a cluster network 4, each under
+    # 3 rules at 2 radii; at 8/255 the runs record −log p_y (and the paper's objective) under
+    # the protocol's two rules themselves: (2 + 4) · 2 · 3 · 2 − (1 + 2) · 2 · 2 = 60.
+    assert by_name == {
+        "pgd": 60,
+        "autoattack": 4 * 2 * 2,  # AutoAttack and Square alone, 4 methods, 2 radii
+        "gradient_norms": 4,
+        "score_underflow": 2,  # the cluster networks
+        "certificate": 2 * 2,
+    }
+    keys = [(t.method, t.evaluation, json.dumps(t.params, sort_keys=True)) for t in evaluated]
+    assert len(set(keys)) == len(keys)
+    radii = {round(t.params["eps"] * 255, 1) for t in evaluated if t.evaluation == "pgd"}
+    assert radii == {8.0, 25.5}
