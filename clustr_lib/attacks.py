@@ -41,25 +41,38 @@ def attack_objective(
     * ``magnet``: the adaptive attack, the Magnet loss of ``f(x)`` against the fixed
       training clusters and ``σ²`` (needs a ClusterModel and ``alpha``).
     """
+    return objective_and_prediction(model, x, y, objective, alpha)[0]
+
+
+def objective_and_prediction(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str, alpha: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attack_objective` and the ``[N]`` predicted classes from the same forward pass
+    (what PGD needs at every iterate: one network forward instead of two)."""
     check_choice(objective, "objective", OBJECTIVES)
-    is_cluster = isinstance(model, ClusterModel)
     if objective == "magnet":
-        if not is_cluster:
+        if not isinstance(model, ClusterModel):
             raise ValueError("the magnet objective needs a ClusterModel")
         if alpha is None:
             raise ValueError("the magnet objective needs alpha (the Magnet loss margin)")
+    if isinstance(model, ClusterModel):
         clf = model.classifier
-        return magnet_loss_fixed_clusters(
-            model.embed(x), y, clf.centroids, clf.centroid_classes, clf.variance, alpha
-        )
-    if objective == "paper" and is_cluster:
-        return F.cross_entropy(model.scores(x), y, reduction="none")
-    z = model(x)
+        f = model.embed(x)
+        z = clf.log_proba(f)  # the model's output: Eq. (4)'s log-probabilities
+        if objective == "magnet":
+            loss = magnet_loss_fixed_clusters(
+                f, y, clf.centroids, clf.centroid_classes, clf.variance, alpha
+            )
+            return loss, z.argmax(1)
+        if objective == "paper":
+            return F.cross_entropy(clf.scores(f), y, reduction="none"), z.argmax(1)
+    else:
+        z = model(x)
     if objective in ("paper", "ce"):
-        return -z.log_softmax(1).gather(1, y[:, None]).squeeze(1)
+        return -z.log_softmax(1).gather(1, y[:, None]).squeeze(1), z.argmax(1)
     true = z.gather(1, y[:, None]).squeeze(1)
     other = z.scatter(1, y[:, None], float("-inf")).max(1).values
-    return other - true
+    return other - true, z.argmax(1)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
@@ -330,11 +343,13 @@ def _pgd_pass(
     """``count`` restarts side by side on ``x``: whether each is broken at each reported step
     under ``rule`` (and, for ``official``, its objective there), and the final iterates.
 
-    Under ``official`` and ``any_iterate`` (without ``trace``) only the *active* points are
-    computed: a point leaves once it is broken, because its result can no longer change —
-    under ``official`` it is frozen (the official code stops updating it, so it stays
-    misclassified with the objective it had then), under ``any_iterate`` it counts as broken
-    at every later iterate. Its final iterate is the one that broke it."""
+    Each iterate costs one forward and one backward pass: the prediction comes from the
+    forward that gives the objective (:func:`objective_and_prediction`). Under ``official``
+    and ``any_iterate`` (without ``trace``) only the *active* points are computed: a point
+    leaves once it is broken, because its result can no longer change — under ``official``
+    it is frozen (the official code stops updating it, so it stays misclassified with the
+    objective it had then), under ``any_iterate`` it counts as broken at every later iterate.
+    Its final iterate is the one that broke it."""
     x_rep, y_rep, eps_rep = (t.repeat((count,) + (1,) * (t.ndim - 1)) for t in (x, y, eps))
     x_adv = _random_start(x_rep, eps_rep, norm, generator) if random_start else x_rep.clone()
     x_adv = project(x_adv, x_rep, eps_rep, norm)
@@ -352,49 +367,42 @@ def _pgd_pass(
                 if rule == "official":
                     loss_at[t] = frozen_loss.clone().view(count, -1)
             break
-        wrong = None  # of the active points
-        if every_step or step in report_steps:
-            wrong = predict(model, x_adv[active]) != y_rep[active]
+        report = step in report_steps
+        x_now, y_now = x_adv[active], y_rep[active]
+        loss = grad = None
+        if step < steps or trace or (rule == "official" and report):
+            x_now.requires_grad_(True)
+            with torch.enable_grad():
+                loss, predicted = objective_and_prediction(model, x_now, y_now, objective, alpha)
+                if step < steps:
+                    grad = torch.autograd.grad(loss.sum(), x_now)[0]
+            loss, x_now = loss.detach().float(), x_now.detach()
+        else:
+            predicted = predict(model, x_now)
+        wrong = predicted != y_now  # of the active points
+        if every_step:
             ever_broken[active] = ever_broken[active] | wrong
-        if step in report_steps:
+        if report:
             now = ever_broken
             if rule == "any_restart":
                 now = torch.zeros_like(ever_broken).index_put_((active,), wrong)
             broken[step] = now.clone().view(count, -1)
-        if freeze and rule == "any_iterate":  # no objective is needed where a point broke
-            active, wrong = active[~wrong], None
-            if len(active) == 0:
-                continue
-        need_loss = trace or (rule == "official" and (step in report_steps or freeze))
-        if step == steps and not need_loss:
-            break
-        x_now = x_adv[active].requires_grad_(True)
-        with torch.enable_grad():
-            loss = attack_objective(model, x_now, y_rep[active], objective, alpha)
-            grad = None if step == steps else torch.autograd.grad(loss.sum(), x_now)[0]
-        loss = loss.detach().float()
         if rule == "official" and freeze:  # the objective a point keeps once it is frozen
             frozen_loss[active[wrong]] = loss[wrong]
-        if rule == "official" and step in report_steps:
+        if rule == "official" and report:
             loss_at[step] = frozen_loss.clone().index_put_((active,), loss).view(count, -1)
         if trace:  # every point is active
             loss_log.append(loss.view(count, -1))
-            correct_log.append(
-                ~wrong.view(count, -1)
-                if wrong is not None
-                else (predict(model, x_adv) == y_rep).view(count, -1)
-            )
+            correct_log.append(~wrong.view(count, -1))
         if grad is None:
             continue
-        x_now = x_now.detach()
         stepped = project(
             x_now + _ascent_step(grad, step_size, norm), x_rep[active], eps_rep[active], norm
         )
-        if rule == "official":  # a misclassified point is no longer updated
-            frozen = wrong.view((-1,) + (1,) * (x_now.ndim - 1))
-            stepped = torch.where(frozen, x_now, stepped)
+        if rule == "official" or freeze:  # a broken point keeps the iterate that broke it
+            stepped = torch.where(wrong.view((-1,) + (1,) * (x_now.ndim - 1)), x_now, stepped)
         x_adv[active] = stepped
-        if rule == "official" and freeze:
+        if freeze:
             active = active[~wrong]
     run = {"broken": broken, "loss_at": loss_at, "final": x_adv.view((count,) + tuple(x.shape))}
     if trace:
