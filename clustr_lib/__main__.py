@@ -12,8 +12,8 @@ import sys
 from . import book
 from .executors import EXECUTORS, ExecutionError, execute
 from .plan import make_plan
-from .sources import STUDIES, study_sources
-from .studies import STUDY_CHAPTERS, dataset_audit, study_evaluations
+from .sources import STUDIES
+from .studies import STUDY_CHAPTERS, record_study
 
 
 def main(argv=None) -> int:
@@ -64,19 +64,7 @@ def main(argv=None) -> int:
             return 0
         if args.command == "record":
             params = {c: book.default_parameters(c) for c in STUDY_CHAPTERS}
-            for source in study_sources(args.study, book.ROOT, args.device):
-                records = source.runs()
-                print(f"{source.label}: {len(records)} runs recorded in {source.results_dir}")
-            definition = STUDIES[args.study][0]
-            for source in study_sources(args.study, book.ROOT, args.device):
-                if definition.get("evaluated_by_chapters", False):
-                    study_evaluations(source, params)
-                if "audit" in definition:
-                    dataset_audit(source, definition["audit"])
-                print(
-                    f"{source.label}: {len(source.loaded) + len(source.computed)} evaluations "
-                    f"recorded ({len(source.computed)} computed now)"
-                )
+            record_study(args.study, params, book.ROOT, args.device)
             return 0
         return book.build(strict=not args.no_strict)
     except (book.PlanError, RuntimeError) as err:  # ExecutionError is a RuntimeError

@@ -13,6 +13,8 @@ functions return plain JSON, per source, that a chapter records and
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -25,7 +27,7 @@ from .protocol import (
     magnet_alpha,
     shard_params,
 )
-from .sources import EVALUATION_CHAPTERS
+from .sources import EVALUATION_CHAPTERS, STUDIES, study_sources
 
 MASKING_MARGIN = 2.0  # accuracy points by which one attack must beat another to count
 COLLAPSE_MARGIN = 10.0  # points k-means + Eq. 4 must lose against the head to "collapse"
@@ -576,6 +578,32 @@ def study_evaluations(source, params: dict) -> dict:
         if needs in source.methods:
             frames.update(chapter_measurements(chapter, source, params[chapter]))
     return frames
+
+
+def record_study(name: str, chapter_params: dict, repo_root=".", device="auto") -> None:
+    """``python -m clustr_lib record NAME``: a recorded CPU study
+    (:data:`clustr_lib.sources.STUDIES`) seed after seed — every run of the study and of its
+    variants, then the evaluations made of them (a study's ``audit``,
+    :func:`dataset_audit`; chapters 7–11's, :func:`study_evaluations`, with
+    ``chapter_params``) — so that a recording stopped at any time has whole seeds. What is
+    recorded is read; an interrupted run resumes from its checkpoint."""
+    definition = STUDIES[name][0]
+    every = study_sources(name, repo_root, device)
+    for seeds in range(1, int(definition["seeds"]) + 1):
+        upto = [dataclasses.replace(source, seeds=seeds) for source in every]
+        for source in upto:
+            source.runs()
+        for source in upto:
+            if definition.get("evaluated_by_chapters", False):
+                study_evaluations(source, chapter_params)
+            if "audit" in definition:
+                dataset_audit(source, definition["audit"])
+            print(
+                f"{source.label}, seeds 0–{seeds - 1}: runs in {source.results_dir}; "
+                f"{len(source.loaded) + len(source.computed)} evaluations recorded "
+                f"({len(source.computed)} computed now)",
+                flush=True,
+            )
 
 
 # ---------------------------------------------------------------------------------------

@@ -115,3 +115,38 @@ def test_the_dataset_audit_asks_every_attack_at_both_radii_and_nothing_twice(tmp
     assert len(set(keys)) == len(keys)
     radii = {round(t.params["eps"] * 255, 1) for t in evaluated if t.evaluation == "pgd"}
     assert radii == {8.0, 25.5}
+
+
+def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, monkeypatch):
+    """So that a recording stopped at any time (they take several sessions) has whole seeds."""
+    from clustr_lib import sources
+
+    study = {
+        "dataset": "digits32",
+        "train_size": 200,
+        "seeds": 2,
+        "results": "tiny",
+        "methods": ["nominal", "clustr"],
+        "overrides": {"width": 2, "eval_size": 8},
+        "variants": {"v": {"methods": ["clustr"], "overrides": {"qtrades_form": "logprob"}}},
+        "audit": protocol.FASHION32_STUDY["audit"],
+    }
+    monkeypatch.setitem(sources.STUDIES, "tiny", (study, "tiny study", "tiny"))
+    calls = []
+    monkeypatch.setattr(
+        sources.Source, "runs", lambda self, *a, **k: calls.append(("runs", self.name, self.seeds))
+    )
+    monkeypatch.setattr(
+        studies, "dataset_audit", lambda src, audit: calls.append(("audit", src.name, src.seeds))
+    )
+    studies.record_study("tiny", {}, tmp_path, "cpu")
+    assert calls == [
+        ("runs", "tiny", 1),
+        ("runs", "tiny_v", 1),
+        ("audit", "tiny", 1),
+        ("audit", "tiny_v", 1),
+        ("runs", "tiny", 2),
+        ("runs", "tiny_v", 2),
+        ("audit", "tiny", 2),
+        ("audit", "tiny_v", 2),
+    ]
