@@ -17,6 +17,7 @@ a missing PGD evaluation from the benchmark's PGD rate at the paper's width; oth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,9 @@ def chapter_sources(chapter: str, params: dict, download: bool = True) -> list:
             download=download,
             **scale,
         )
-    return []  # the 2-D chapters train their small models in the notebook, in minutes
+    # the 2-D chapters train their small models in the notebook, in minutes; chapter 12 reads
+    # the fashion32 recording as far as it has come (`record fashion32` makes it)
+    return []
 
 
 @dataclass
@@ -279,6 +282,25 @@ class Plan:
             if len(todo):
                 lines += ["", "To do:", todo.drop(columns="recorded").to_string(index=False)]
         return "\n".join(lines)
+
+
+def recorded_only(sources, measure):
+    """``measure(sources)`` from what is recorded only — nothing is trained or attacked, what
+    is missing is only listed — and how far the recording has come. For a study recorded over
+    several sessions (``python -m clustr_lib record``), so that its chapter shows what has
+    finished. Returns ``(measure's result, the sources it read, progress)``: per source, the
+    runs and evaluations recorded of those needed."""
+    planned = [dataclasses.replace(s, planner=Planner()) for s in sources]
+    result = measure(planned)
+    rows = []
+    for source in planned:
+        row = {"source": source.label}
+        for kind, name in (("run", "runs"), ("evaluation", "evaluations")):
+            tasks = [t for t in source.planner.tasks.values() if t.kind == kind]
+            row[f"{name} recorded"] = sum(t.recorded for t in tasks)
+            row[f"{name} needed"] = len(tasks)
+        rows.append(row)
+    return result, planned, pd.DataFrame(rows).set_index("source")
 
 
 @contextlib.contextmanager

@@ -569,6 +569,7 @@ def attack_comparison(comparison, sources):
     (:func:`clustr_lib.studies.attack_comparison`; bars: mean over seeds, whiskers: min–max),
     one panel per source; on a paper dataset the paper's PGD-100 for ClusTR + QTRADES is marked,
     and on CIFAR-10 RobustBench's AutoAttack value. Returns the figure."""
+    sources = [s for s in sources if s.label in set(comparison["source"])]  # with rows only
     fig, axes = _source_panels(sources, 3.8)
     for ax, s in zip(axes[:, 0], sources):
         own = _of(comparison, s.label).assign(attack=lambda f: "ours: " + f["attack"])

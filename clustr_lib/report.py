@@ -39,9 +39,9 @@ STAND_IN_WARNING = (
     "numbers say nothing about the paper's, and no verdict is drawn from them."
 )
 STUDY_NOTE = (
-    "The digits32 study's numbers are **our measurement** on a small real dataset (chapter 6: "
-    "narrow ResNet-18, {seeds} seeds, the paper's attack protocol on {points} attacked test "
-    "images), recorded in `results/{folder}/`; they are not the paper's numbers."
+    "The numbers of the *{label}* are **our measurement** on a real dataset at CPU scale "
+    "({dataset}: a narrow ResNet-18, {seeds} seeds, the paper's attack protocol on {points} "
+    "attacked test images), recorded in `results/{folder}/`; they are not the paper's numbers."
 )
 PIPELINE_NOTE = (
     "Stand-in runs ({stand_ins}, profile <code>{profile}</code>): the same code as at the "
@@ -298,7 +298,11 @@ def banner(sources, profile: str) -> str:
     for s in sources:
         if s.paper_dataset is None:
             note = STUDY_NOTE.format(
-                seeds=s.seeds, points=attacked_points(s), folder=Path(s.results_dir).name
+                label=s.label,
+                dataset=s.dataset,
+                seeds=s.seeds,
+                points=attacked_points(s),
+                folder=Path(s.results_dir).name,
             )
             lines += ["", note]
     return "\n".join(lines)
@@ -451,6 +455,65 @@ class Chapter:
                 for key, scope in self.scopes.items()
             ]
         ).set_index("sets")
+
+
+# ---------------------------------------------------------------------------------------
+# A study read as far as it is recorded (chapter 12; :func:`clustr_lib.plan.recorded_only`).
+
+
+def recording_totals(progress: pd.DataFrame) -> dict:
+    """Runs and evaluations recorded and needed, over the sources of a progress table."""
+    return {c.replace(" ", "_"): int(progress[c].sum()) for c in progress.columns}
+
+
+def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
+    """What the page can say about its study's recording: complete, or how far it has come
+    and what the tables then show (``command``: the one that records the rest)."""
+    t = recording_totals(progress)
+    if (
+        t["runs_recorded"] == t["runs_needed"]
+        and t["evaluations_recorded"] == t["evaluations_needed"]
+    ):
+        return Markdown(
+            f"The recording is complete: all {t['runs_needed']} runs and "
+            f"{t['evaluations_needed']} evaluations are read from the record."
+        )
+    return Markdown(
+        f"**The recording is under way** (`{command}`, which resumes where it stopped, seed "
+        f"after seed): {t['runs_recorded']} of {t['runs_needed']} runs and "
+        f"{t['evaluations_recorded']} of {t['evaluations_needed']} evaluations are recorded. "
+        "The tables below show what has finished; a measurement that needs the rest is missing, "
+        "and every mean is over the seeds recorded so far (the tables say how many)."
+    )
+
+
+def when_recorded(frame: pd.DataFrame, make, what: str):
+    """``make(frame)``, or a line saying that ``what`` is not recorded yet (empty frame)."""
+    return make(frame) if len(frame) else Markdown(f"*Not recorded yet: {what}.*")
+
+
+def dataset_reading(findings: dict, labels: dict, method: str = "ClusTR + QTRADES") -> Markdown:
+    """Chapter 12's plain answer, per source (``labels``: scope → label) and radius, from
+    :func:`clustr_lib.studies.dataset_findings`: ``method`` under the paper's PGD, PGD on
+    −log p_y and AutoAttack, TRADES under AutoAttack, and the masking sentence."""
+    lines = []
+    for scope, label in labels.items():
+        found = findings.get(scope, {})
+        radii = [k for k in found if k.startswith("eps") and found[k].get("seeds")]
+        if not radii:
+            lines.append(f"* **{label}**: {method} is not audited yet.")
+            continue
+        for key in radii:
+            f = found[key]
+            radius = key.removeprefix("eps").replace("_", ".")
+            lines.append(
+                f"* **{label}, ε = {radius}/255** ({f['seeds']} seed"
+                f"{'s' if f['seeds'] != 1 else ''}): {method} keeps {_pct(f['paper'])} under "
+                f"PGD-100 with the paper's objective, {_pct(f['ce'])} under PGD-100 on "
+                f"$-\\log p_y$ and {_pct(f['autoattack'])} under AutoAttack (TRADES: "
+                f"{_pct(f['trades_autoattack'])}); {f['masking']}."
+            )
+    return Markdown("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------
@@ -671,6 +734,46 @@ def _study_findings(results: dict) -> list[str]:
     return [line + "."]
 
 
+FASHION_METHODS = ("Nominal Training", "TRADES", "ClusTR", "ClusTR + QTRADES")
+
+
+def _fashion_findings(results: dict) -> list[str]:
+    """The summary's line on chapter 12's Fashion-MNIST study, as far as it is recorded."""
+    result = results.get("12_fashion32")
+    if not result:
+        return []
+    p = result.get("progress", {})
+    complete = p.get("runs_recorded") == p.get("runs_needed") and p.get(
+        "evaluations_recorded"
+    ) == p.get("evaluations_needed")
+    state = (
+        "recorded in full"
+        if complete
+        else f"still being recorded: {p.get('runs_recorded')} of {p.get('runs_needed')} runs "
+        f"and {p.get('evaluations_recorded')} of {p.get('evaluations_needed')} evaluations so far"
+    )
+    line = (
+        "* **A real dataset** (chapter 12's Fashion-MNIST study: the 28×28 images padded to "
+        "32×32, a width-8 ResNet-18 on 10,000 training images, 4 methods and our QTRADES term, "
+        f"500 attacked test images, ε = 8/255 and 0.1; {state})"
+    )
+    seeds = _get(results, "12_fashion32", "seeds", scope="fashion32")
+    measured = []
+    for method in FASHION_METHODS:
+        clean = _get(results, "12_fashion32", f"per_method.{method}.clean_accuracy", "fashion32")
+        robust = _get(results, "12_fashion32", f"per_method.{method}.pgd100_paper", "fashion32")
+        if not _missing(clean):
+            measured.append(
+                f"{method} {_pct(clean)} clean and {_pct(robust)} under the paper's PGD-100"
+            )
+    if measured:
+        line += f". Over the {seeds} seed(s) recorded, at 8/255: " + "; ".join(measured)
+    masking = _get(results, "12_fashion32", "eps8.masking", scope="fashion32")
+    if masking and _get(results, "12_fashion32", "eps8.seeds", scope="fashion32"):
+        line += f". Does ClusTR + QTRADES mask its gradients there? {masking}"
+    return [line + "."]
+
+
 def findings_markdown(results: dict) -> str:
     """The summary's opening box: what the book measured (the 2-D study, the digits32 study,
     the audit) and what it could not test (the paper-scale claims), its numbers read from the
@@ -682,7 +785,7 @@ def findings_markdown(results: dict) -> str:
         if c.id in paper_scale and v["verdict"] not in ("reproduced", "not reproduced")
     ]
     low, high = FOLLOWUP_AUTOATTACK_RANGE
-    measured = _two_d_findings(results) + _study_findings(results)
+    measured = _two_d_findings(results) + _study_findings(results) + _fashion_findings(results)
     measured.append(
         "* **The audit of text and code**: [the deviations page](../deviations.md) lists every "
         "difference we found between the paper's text, the official code and this library, "

@@ -162,6 +162,7 @@ class Source:
                 record = load_run(config, self.results_dir) if self.data is not None else None
                 self.planner.add_run(self, config, record)
                 found += [record] if record is not None else []
+            self.train_devices.update(r.provenance["device"] for r in found)
             return found
         records = run_all(
             configs,
@@ -252,6 +253,8 @@ class Source:
             self.planner.add_evaluation(self, config, name, params, path, recorded, parts)
             if recorded is not None:
                 found.append({"seed": record.seed, "metrics": recorded["metrics"]})
+                self.loaded.append(f"{self.label}: {path.name}")
+                self.eval_devices.add(recorded["provenance"]["device"])
         return found
 
     def pgd(self, method: str, objective: str, **changes) -> list[dict]:
@@ -416,6 +419,8 @@ STUDIES = {  # the recorded CPU studies: name → (definition, label, key)
     "digits32": (protocol.DIGITS32_STUDY, "digits32 study, our recipe", "study_ours"),
     # Fashion-MNIST at CPU scale (issue 14): 4 methods and the logprob variant, 3 seeds
     "fashion32": (protocol.FASHION32_STUDY, "fashion32 study", "fashion32"),
+    # the same at the paper's full protocol, for a GPU (not recorded by this book's machines)
+    "fashion32-paper": (protocol.FASHION32_PAPER, "fashion32, paper's protocol", "fashion32_paper"),
 }
 
 

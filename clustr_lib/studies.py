@@ -763,6 +763,50 @@ def audit_findings(
     }
 
 
+def eps_key(eps_255: float) -> str:
+    """A radius's name in a chapter's findings: ``"eps8"`` for 8/255, ``"eps25_5"`` for 0.1."""
+    return f"eps{float(eps_255):g}".replace(".", "_")
+
+
+def dataset_findings(
+    runs: pd.DataFrame,
+    attacks: pd.DataFrame,
+    gradients: pd.DataFrame,
+    underflow: pd.DataFrame,
+    certificates: pd.DataFrame,
+    method: str = "ClusTR + QTRADES",
+) -> dict:
+    """Chapter 12, per source (the frames of :func:`dataset_audit`, as far as recorded): the
+    seeds recorded, Table 1's means per method (:func:`benchmark_findings`), and at each ε
+    (``eps8``, ``eps25_5``) ``method`` under every attack with :func:`masking_answer`, TRADES
+    under AutoAttack and Theorem 1's certified share; the shares of points whose Eq. (4) scores
+    all underflow and whose paper-objective gradient is exactly 0. Absent values are NaN."""
+    out = benchmark_findings(runs) if len(runs) else {"seeds": 0, "per_method": {}}
+    nan = float("nan")
+    for eps in sorted(set(attacks["eps_255"])) if len(attacks) else []:
+        at = attacks[attacks["eps_255"] == eps]
+        mine = at[at["method"] == method]
+        cert = certificates[
+            (certificates["eps_255"] == eps) & (certificates["method"] == method)
+        ] if len(certificates) else certificates  # fmt: skip
+        out[eps_key(eps)] = {
+            "seeds": seeds_of(mine),
+            **{a: attack_mean(at, a, method) for a in AUDIT_ATTACKS},
+            **masking_answer(*(attack_mean(at, a, method) for a in ("paper", "ce", "autoattack"))),
+            "trades_autoattack": attack_mean(at, "autoattack", "TRADES"),
+            "certified": float(cert["certified (%)"].mean()) if len(cert) else nan,
+        }
+    own = underflow[underflow["method"] == method] if len(underflow) else underflow
+    out["underflow"] = float(own["all scores 0, attacked points (%)"].mean()) if len(own) else nan
+    paper = (
+        gradients[(gradients["method"] == method) & (gradients["objective"] == "paper")]
+        if len(gradients)
+        else gradients
+    )
+    out["zero_paper"] = 100 * float((paper["norm"] == 0).mean()) if len(paper) else nan
+    return out
+
+
 def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
     """Chapter 10's plain answer for one model (mean robust accuracies, %): how many points
     AutoAttack breaks beyond PGD on −log p_y (``beyond_ce``: gradient masking that a sound

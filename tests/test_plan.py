@@ -1,6 +1,7 @@
 """The plan of a build (issue 16): every run and evaluation the chapters need, recorded or not,
 listed without training, attacking, downloading or writing anything."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -158,3 +159,39 @@ def test_a_schedule_lies_between_the_lower_bounds_and_grahams_bound(rng):
             graham = work / workers + (1 - 1 / workers) * path
             assert max(path, work / workers) - 1e-9 <= out["wall_seconds"] <= graham + 1e-9
         assert plan.schedule(tasks, 1)["wall_seconds"] == pytest.approx(out["device_seconds"])
+
+
+def test_a_study_is_read_as_far_as_it_is_recorded_and_nothing_is_computed(tmp_path, monkeypatch):
+    """A chapter of a study still being recorded shows what has finished (issue 14)."""
+    src = sources.paper_source(
+        "cifar10",
+        stand_in="digits32",
+        train_size=200,
+        test_size=40,
+        overrides=TINY,
+        seeds=2,
+        results_dir=tmp_path / "results",
+    )
+    src.only_methods, src.paper_dataset = ["nominal"], None
+    params = {"objectives": ["ce"], "eval_size": 8, "alpha": None}
+    one = dataclasses.replace(src, seeds=1)  # seed 0 is recorded, with one evaluation
+    one.evaluate("nominal", "gradient_norms", params)
+    monkeypatch.setattr(runs, "run", forbid)
+    monkeypatch.setattr(runs, "train_run", forbid)
+    for name in list(evaluations.EVALUATIONS):
+        monkeypatch.setitem(evaluations.EVALUATIONS, name, forbid)
+
+    def measure(srcs):
+        (s,) = srcs
+        return [e["seed"] for e in s.evaluate("nominal", "gradient_norms", params)], s.runs()
+
+    (seeds, records), (read,), progress = plan.recorded_only([src], measure)
+    assert seeds == [0] and [r.seed for r in records] == [0]
+    assert progress.loc[src.label].to_dict() == {
+        "runs recorded": 1,
+        "runs needed": 2,
+        "evaluations recorded": 1,
+        "evaluations needed": 2,
+    }
+    assert read.train_devices and read.eval_devices and len(read.loaded) == 1
+    assert src.planner is None  # the sources given are left as they were

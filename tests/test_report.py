@@ -80,6 +80,7 @@ class _Source:
     def __init__(self, label, paper_dataset, at_scale):
         self.label, self.paper_dataset, self.at_scale = label, paper_dataset, at_scale
         self.settings, self.seeds, self.results_dir = {"eval_size": 80}, 3, "results/digits32"
+        self.dataset = paper_dataset or "digits32"
 
     @property
     def key(self):
@@ -213,6 +214,32 @@ def test_the_findings_box_reads_its_numbers_from_the_results():
     assert "**Not tested here**" in box and "C7–C22" in box and "74.04%" in box
     reduced = report.findings_markdown(_results(two_d_at_scale=False))
     assert "a reduced run: no verdict" in reduced
+
+
+def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
+    results = _results()
+    assert "Fashion-MNIST" not in report.findings_markdown(results)  # no chapter 12 result
+    per_method = {"Nominal Training": {"clean_accuracy": 88.63, "pgd100_paper": 0.0}}
+    results["12_fashion32"] = {
+        "progress": {
+            "runs_recorded": 1,
+            "runs_needed": 15,
+            "evaluations_recorded": 0,
+            "evaluations_needed": 342,
+        },
+        "measurements": {"fashion32": {"seeds": 1, "per_method": per_method, "eps8": {"seeds": 0}}},
+    }
+    box = report.findings_markdown(results)
+    assert "1 of 15 runs and 0 of 342 evaluations so far" in box
+    assert "Nominal Training 88.6% clean and 0.0% under the paper's PGD-100" in box
+    assert "mask its gradients there" not in box  # nothing audited yet
+    results["12_fashion32"]["progress"].update(runs_recorded=15, evaluations_recorded=342)
+    results["12_fashion32"]["measurements"]["fashion32"]["eps8"] = {
+        "seeds": 3,
+        "masking": "AutoAttack breaks no more than PGD on −log p_y",
+    }
+    box = report.findings_markdown(results)
+    assert "recorded in full" in box and "there? AutoAttack breaks no more" in box
 
 
 def test_the_summary_opens_with_the_findings_and_shows_dashes_where_nothing_ran():

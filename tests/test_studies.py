@@ -77,6 +77,12 @@ def test_the_fashion32_study_is_four_methods_and_the_logprob_variant_at_its_cpu_
     assert main.settings["qtrades_form"] == "official"  # the paper's protocol otherwise
     assert logprob.settings["qtrades_form"] == "logprob"
     assert main.settings["flip"]  # fashion32 is augmented as CIFAR is, flips included
+    asked.clear()
+    paper, _ = sources.study_sources("fashion32-paper", "/repo", device="cuda")
+    assert asked[0] == ("fashion32", {"device": "cuda", "train_size": None})  # all 60,000
+    assert paper.settings["width"] == 64 and paper.settings["eval_size"] is None
+    assert (paper.settings["ce_epochs"], paper.settings["magnet_epochs"]) == (90, 30)
+    assert paper.methods == main.methods and str(paper.results_dir).endswith("fashion32-paper")
 
 
 def test_the_dataset_audit_asks_every_attack_at_both_radii_and_nothing_twice(tmp_path):
