@@ -25,6 +25,19 @@ TINY = dict(
 )
 
 
+def tiny_source(tmp_path):
+    """Two seeds of tiny digits32 runs standing in for CIFAR-10, in ``tmp_path/results``."""
+    return sources.paper_source(
+        "cifar10",
+        stand_in="digits32",
+        train_size=200,
+        test_size=40,
+        overrides=TINY,
+        seeds=2,
+        results_dir=tmp_path / "results",
+    )
+
+
 def forbid(*args, **kwargs):
     raise AssertionError("a plan computed something")
 
@@ -34,15 +47,7 @@ def test_a_plan_lists_runs_and_evaluations_and_computes_nothing(tmp_path, monkey
     monkeypatch.setattr(runs, "train_run", forbid)
     for name in list(evaluations.EVALUATIONS):
         monkeypatch.setitem(evaluations.EVALUATIONS, name, forbid)
-    src = sources.paper_source(
-        "cifar10",
-        stand_in="digits32",
-        train_size=200,
-        test_size=40,
-        overrides=TINY,
-        seeds=2,
-        results_dir=tmp_path / "results",
-    )
+    src = tiny_source(tmp_path)
     planner = plan.Planner()
     src.planner = planner
     frames = studies.chapter_measurements(
@@ -163,15 +168,7 @@ def test_a_schedule_lies_between_the_lower_bounds_and_grahams_bound(rng):
 
 def test_a_study_is_read_as_far_as_it_is_recorded_and_nothing_is_computed(tmp_path, monkeypatch):
     """A chapter of a study still being recorded shows what has finished (issue 14)."""
-    src = sources.paper_source(
-        "cifar10",
-        stand_in="digits32",
-        train_size=200,
-        test_size=40,
-        overrides=TINY,
-        seeds=2,
-        results_dir=tmp_path / "results",
-    )
+    src = tiny_source(tmp_path)
     src.only_methods, src.paper_dataset = ["nominal"], None
     params = {"objectives": ["ce"], "eval_size": 8, "alpha": None}
     one = dataclasses.replace(src, seeds=1)  # seed 0 is recorded, with one evaluation
