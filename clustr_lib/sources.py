@@ -120,6 +120,7 @@ class Source:
     eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
     computed: list = field(default_factory=list)  # "label: file" of evaluations computed here
     loaded: list = field(default_factory=list)  # "label: file" of evaluations read
+    announce: bool = False  # print a line for each evaluation computed (`record`)
 
     @property
     def key(self) -> str:
@@ -326,6 +327,8 @@ class Source:
         )
         self.computed.append(f"{self.label}: {path.name}")
         self.eval_devices.add(device_name(self.data.y_train.device))
+        if self.announce:
+            print(f"{self.label}: {path.name} ({seconds:.0f} s)", flush=True)
         return {"seed": record.seed, "metrics": metrics}
 
     def evaluate_shard(

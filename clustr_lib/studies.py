@@ -586,11 +586,12 @@ def record_study(name: str, chapter_params: dict, repo_root=".", device="auto") 
     variants, then the evaluations made of them (a study's ``audit``,
     :func:`dataset_audit`; chapters 7–11's, :func:`study_evaluations`, with
     ``chapter_params``) — so that a recording stopped at any time has whole seeds. What is
-    recorded is read; an interrupted run resumes from its checkpoint."""
+    recorded is read; an interrupted run resumes from its checkpoint. Each evaluation computed
+    prints a line: its record's file and its wall time."""
     definition = STUDIES[name][0]
     every = study_sources(name, repo_root, device)
     for seeds in range(1, int(definition["seeds"]) + 1):
-        upto = [dataclasses.replace(source, seeds=seeds) for source in every]
+        upto = [dataclasses.replace(source, seeds=seeds, announce=True) for source in every]
         for source in upto:
             source.runs()
         for source in upto:
