@@ -816,7 +816,7 @@ def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
     the strongest attack is the audit's ``shape``)."""
     beyond_ce, beyond_paper = ce - autoattack, paper - autoattack
     if beyond_ce != beyond_ce:  # NaN: no AutoAttack recorded for this source
-        text = "AutoAttack was not run on this source"
+        text = "AutoAttack is not recorded for this source"
     elif beyond_ce > MASKING_MARGIN:
         text = (
             f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y, more than the "

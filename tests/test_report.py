@@ -219,7 +219,10 @@ def test_the_findings_box_reads_its_numbers_from_the_results():
 def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
     results = _results()
     assert "Fashion-MNIST" not in report.findings_markdown(results)  # no chapter 12 result
-    per_method = {"Nominal Training": {"clean_accuracy": 88.63, "pgd100_paper": 0.0}}
+    per_method = {
+        "Nominal Training": {"clean_accuracy": 88.63, "pgd100_paper": 0.0, "pgd100_ce": 0.0},
+        "ClusTR + QTRADES": {"clean_accuracy": 85.2, "pgd100_paper": 47.2, "pgd100_ce": 32.0},
+    }
     results["12_fashion32"] = {
         "progress": {
             "runs_recorded": 1,
@@ -227,15 +230,17 @@ def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
             "evaluations_recorded": 0,
             "evaluations_needed": 342,
         },
-        "measurements": {"fashion32": {"seeds": 1, "per_method": per_method, "eps8": {"seeds": 0}}},
+        "measurements": {"fashion32": {"seeds": 1, "per_method": per_method, "eps8": {"seeds": 1}}},
     }
     box = report.findings_markdown(results)
     assert "1 of 15 runs and 0 of 342 evaluations so far" in box
-    assert "Nominal Training 88.6% clean and 0.0% under the paper's PGD-100" in box
+    assert "Nominal Training 88.6% clean, 0.0% under the paper's PGD-100;" in box
+    assert "ClusTR + QTRADES 85.2% clean, 47.2% under the paper's PGD-100 and 32.0% under" in box
     assert "mask its gradients there" not in box  # nothing audited yet
     results["12_fashion32"]["progress"].update(runs_recorded=15, evaluations_recorded=342)
     results["12_fashion32"]["measurements"]["fashion32"]["eps8"] = {
         "seeds": 3,
+        "autoattack": 30.5,
         "masking": "AutoAttack breaks no more than PGD on −log p_y",
     }
     box = report.findings_markdown(results)

@@ -56,7 +56,7 @@ def test_the_masking_answer_compares_autoattack_with_pgd_on_a_sound_objective():
     assert sound["beyond_paper"] == pytest.approx(7.5)
     assert sound["masking"].startswith("AutoAttack breaks no more than PGD on −log p_y")
     assert "over-states" not in sound["masking"]  # the audit's shape says that
-    assert "not run" in studies.masking_answer(50.0, 49.0, float("nan"))["masking"]
+    assert "not recorded" in studies.masking_answer(50.0, 49.0, float("nan"))["masking"]
 
 
 def test_the_fashion32_study_is_four_methods_and_the_logprob_variant_at_its_cpu_scale(
