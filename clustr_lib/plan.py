@@ -192,7 +192,7 @@ def describe(evaluation: str | None, params: dict | None) -> str:
         if params and key in params:
             value = params[key]
             if key == "eps":
-                value = f"{value * 255:g}/255"
+                value = studies.eps_text(value)
             elif key == "d_values":
                 value = f"{len(value)} values"
             elif key == "attacks":

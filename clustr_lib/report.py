@@ -27,6 +27,7 @@ from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
 from .paper import CLAIMS, FOLLOWUP_AUTOATTACK_RANGE, ROBUSTBENCH_CLUSTR, TABLE1
+from .protocol import CLUSTER_METHODS, FASHION32_STUDY, METHODS
 from .records import device_name, provenance, save_json, to_plain
 from .studies import ATTACK_LABELS, RULE_LABELS
 from .verdicts import chapter_results, criterion, judge, judge_all, lookup
@@ -466,14 +467,18 @@ def recording_totals(progress: pd.DataFrame) -> dict:
     return {c.replace(" ", "_"): int(progress[c].sum()) for c in progress.columns}
 
 
+def recording_complete(totals: dict) -> bool:
+    """Whether every run and evaluation of :func:`recording_totals` is recorded."""
+    return all(
+        totals.get(f"{k}_recorded") == totals.get(f"{k}_needed") for k in ("runs", "evaluations")
+    )
+
+
 def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
     """What the page can say about its study's recording: complete, or how far it has come
     and what the tables then show (``command``: the one that records the rest)."""
     t = recording_totals(progress)
-    if (
-        t["runs_recorded"] == t["runs_needed"]
-        and t["evaluations_recorded"] == t["evaluations_needed"]
-    ):
+    if recording_complete(t):
         return Markdown(
             f"The recording is complete: all {t['runs_needed']} runs and "
             f"{t['evaluations_needed']} evaluations are read from the record."
@@ -734,7 +739,8 @@ def _study_findings(results: dict) -> list[str]:
     return [line + "."]
 
 
-FASHION_METHODS = ("Nominal Training", "TRADES", "ClusTR", "ClusTR + QTRADES")
+CLUSTER_NAMES = [METHODS[m] for m in CLUSTER_METHODS]  # classified by Eq. (4)
+FASHION_METHODS = [METHODS[m] for m in FASHION32_STUDY["methods"]]  # chapter 12's, by name
 
 
 def _fashion_findings(results: dict) -> list[str]:
@@ -743,12 +749,9 @@ def _fashion_findings(results: dict) -> list[str]:
     if not result:
         return []
     p = result.get("progress", {})
-    complete = p.get("runs_recorded") == p.get("runs_needed") and p.get(
-        "evaluations_recorded"
-    ) == p.get("evaluations_needed")
     state = (
         "recorded in full"
-        if complete
+        if recording_complete(p)
         else f"still being recorded: {p.get('runs_recorded')} of {p.get('runs_needed')} runs "
         f"and {p.get('evaluations_recorded')} of {p.get('evaluations_needed')} evaluations so far"
     )
@@ -766,7 +769,7 @@ def _fashion_findings(results: dict) -> list[str]:
         )
         if not _missing(clean):
             text = f"{method} {_pct(clean)} clean, {_pct(paper)} under the paper's PGD-100"
-            if method in ("ClusTR", "ClusTR + QTRADES"):  # for a CE network the two are one
+            if method in CLUSTER_NAMES:  # for a cross-entropy network the two are one
                 text += f" and {_pct(ce)} under PGD-100 on $-\\log p_y$"
             measured.append(text)
     if measured:

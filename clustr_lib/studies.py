@@ -764,6 +764,15 @@ def audit_findings(
     }
 
 
+def by_radius(frame: pd.DataFrame, eps_values) -> dict:
+    """``{ε in units of 1/255: the rows of a :func:`dataset_audit` frame at that ε}`` for each
+    of ``eps_values`` (an empty frame where none is recorded yet)."""
+    keys = [round(float(e) * 255, 2) for e in eps_values]
+    if "eps_255" not in frame:
+        return {k: frame.iloc[:0] for k in keys}
+    return {k: frame[frame["eps_255"] == k] for k in keys}
+
+
 def eps_key(eps_255: float) -> str:
     """A radius's name in a chapter's findings: ``"eps8"`` for 8/255, ``"eps25_5"`` for 0.1."""
     return f"eps{float(eps_255):g}".replace(".", "_")

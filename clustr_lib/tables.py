@@ -134,6 +134,13 @@ def eps_table(frame: pd.DataFrame, paper_points: dict | None = None, label=None)
     return ours
 
 
+def seed_means(frame: pd.DataFrame, index) -> pd.DataFrame:
+    """Every numeric column's mean over seeds, per ``index`` (order of appearance), rounded
+    to 3 decimals (chapter 12's underflow and certificate tables)."""
+    means = frame.groupby(index, sort=False).mean(numeric_only=True)
+    return means.drop(columns="seed", errors="ignore").round(3)
+
+
 def mean_sd_table(frame: pd.DataFrame, index, columns: str, value: str) -> pd.DataFrame:
     """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance);
     ``index`` is a column or a list of them (``["source", "method"]``: a MultiIndex)."""

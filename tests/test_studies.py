@@ -156,3 +156,12 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
         ("audit", "tiny", 2),
         ("audit", "tiny_v", 2),
     ]
+
+
+def test_attacks_are_split_by_radius_with_an_empty_frame_where_none_is_recorded():
+    frame = pd.DataFrame({"eps_255": [8.0, 8.0, 25.5], "robust": [1.0, 2.0, 3.0]})
+    at = studies.by_radius(frame, [8 / 255, 0.1, 16 / 255])
+    assert list(at) == [8.0, 25.5, 16.0]
+    assert list(at[8.0]["robust"]) == [1.0, 2.0] and list(at[25.5]["robust"]) == [3.0]
+    assert at[16.0].empty
+    assert all(f.empty for f in studies.by_radius(pd.DataFrame(), [8 / 255]).values())
