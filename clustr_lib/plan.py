@@ -289,7 +289,8 @@ def recorded_only(sources, measure):
     is missing is only listed — and how far the recording has come. For a study recorded over
     several sessions (``python -m clustr_lib record``), so that its chapter shows what has
     finished. Returns ``(measure's result, the sources it read, progress)``: per source, the
-    runs and evaluations recorded of those needed."""
+    runs and evaluations recorded of those needed, and the hours of device time they took
+    (a run's training and attacks, an evaluation's wall time, as their records give them)."""
     planned = [dataclasses.replace(s, planner=Planner()) for s in sources]
     result = measure(planned)
     rows = []
@@ -299,6 +300,8 @@ def recorded_only(sources, measure):
             tasks = [t for t in source.planner.tasks.values() if t.kind == kind]
             row[f"{name} recorded"] = sum(t.recorded for t in tasks)
             row[f"{name} needed"] = len(tasks)
+        done = [t for t in source.planner.tasks.values() if t.recorded]
+        row["hours recorded"] = sum(t.seconds or 0.0 for t in done) / 3600
         rows.append(row)
     return result, planned, pd.DataFrame(rows).set_index("source")
 

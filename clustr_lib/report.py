@@ -463,8 +463,12 @@ class Chapter:
 
 
 def recording_totals(progress: pd.DataFrame) -> dict:
-    """Runs and evaluations recorded and needed, over the sources of a progress table."""
-    return {c.replace(" ", "_"): int(progress[c].sum()) for c in progress.columns}
+    """Runs and evaluations recorded and needed, and the hours they took, over the sources of
+    a progress table (:func:`clustr_lib.plan.recorded_only`)."""
+    return {
+        c.replace(" ", "_"): round(float(v), 2) if c == "hours recorded" else int(v)
+        for c, v in progress.sum().items()
+    }
 
 
 def recording_complete(totals: dict) -> bool:
@@ -481,12 +485,14 @@ def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
     if recording_complete(t):
         return Markdown(
             f"The recording is complete: all {t['runs_needed']} runs and "
-            f"{t['evaluations_needed']} evaluations are read from the record."
+            f"{t['evaluations_needed']} evaluations are read from the record; they took "
+            f"{t['hours_recorded']:.1f} hours of device time."
         )
     return Markdown(
         f"**The recording is under way** (`{command}`, which resumes where it stopped, seed "
         f"after seed): {t['runs_recorded']} of {t['runs_needed']} runs and "
-        f"{t['evaluations_recorded']} of {t['evaluations_needed']} evaluations are recorded. "
+        f"{t['evaluations_recorded']} of {t['evaluations_needed']} evaluations are recorded, "
+        f"{t['hours_recorded']:.1f} hours of device time so far. "
         "The tables below show what has finished; a measurement that needs the rest is missing, "
         "and every mean is over the seeds recorded so far (the tables say how many)."
     )

@@ -585,20 +585,22 @@ def record_study(name: str, chapter_params: dict, repo_root=".", device="auto") 
     (:data:`clustr_lib.sources.STUDIES`) seed after seed — every run of the study and of its
     variants, then the evaluations made of them (a study's ``audit``,
     :func:`dataset_audit`; chapters 7–11's, :func:`study_evaluations`, with
-    ``chapter_params``) — so that a recording stopped at any time has whole seeds. What is
-    recorded is read; an interrupted run resumes from its checkpoint. Each evaluation computed
-    prints a line: its record's file and its wall time."""
+    ``chapter_params``) — so that a recording stopped at any time has whole seeds. An audit
+    covers every source of the seed at once, radius by radius (:func:`dataset_audit`), so that
+    the paper's ε is recorded for every method before the next radius. What is recorded is
+    read; an interrupted run resumes from its checkpoint. Each evaluation computed prints a
+    line: its record's file and its wall time."""
     definition = STUDIES[name][0]
     every = study_sources(name, repo_root, device)
     for seeds in range(1, int(definition["seeds"]) + 1):
         upto = [dataclasses.replace(source, seeds=seeds, announce=True) for source in every]
         for source in upto:
             source.runs()
+        if "audit" in definition:
+            dataset_audit(upto, definition["audit"])
         for source in upto:
             if definition.get("evaluated_by_chapters", False):
                 study_evaluations(source, chapter_params)
-            if "audit" in definition:
-                dataset_audit(source, definition["audit"])
             print(
                 f"{source.label}, seeds 0–{seeds - 1}: runs in {source.results_dir}; "
                 f"{len(source.loaded) + len(source.computed)} evaluations recorded "

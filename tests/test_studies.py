@@ -143,18 +143,18 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
         sources.Source, "runs", lambda self, *a, **k: calls.append(("runs", self.name, self.seeds))
     )
     monkeypatch.setattr(
-        studies, "dataset_audit", lambda src, audit: calls.append(("audit", src.name, src.seeds))
+        studies,
+        "dataset_audit",
+        lambda srcs, audit: calls.append(("audit", *[(s.name, s.seeds) for s in srcs])),
     )
     studies.record_study("tiny", {}, tmp_path, "cpu")
-    assert calls == [
+    assert calls == [  # each seed's audit takes every source at once (radius by radius)
         ("runs", "tiny", 1),
         ("runs", "tiny_v", 1),
-        ("audit", "tiny", 1),
-        ("audit", "tiny_v", 1),
+        ("audit", ("tiny", 1), ("tiny_v", 1)),
         ("runs", "tiny", 2),
         ("runs", "tiny_v", 2),
-        ("audit", "tiny", 2),
-        ("audit", "tiny_v", 2),
+        ("audit", ("tiny", 2), ("tiny_v", 2)),
     ]
 
 
