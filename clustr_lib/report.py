@@ -780,9 +780,16 @@ def _fashion_findings(results: dict) -> list[str]:
             measured.append(text)
     if measured:
         line += f". Over the {seeds} seed(s) recorded, at 8/255: " + "; ".join(measured)
-    masking = _get(results, "12_fashion32", "eps8.masking", scope="fashion32")
-    if not _missing(_get(results, "12_fashion32", "eps8.autoattack", scope="fashion32")):
-        line += f". Does ClusTR + QTRADES mask its gradients there? {masking}"
+    at_8 = {
+        key: _get(results, "12_fashion32", f"eps8.{key}", scope="fashion32")
+        for key in ("autoattack", "trades_autoattack", "masking")
+    }
+    if not _missing(at_8["autoattack"]):
+        line += (
+            f". Under AutoAttack ClusTR + QTRADES keeps {_pct(at_8['autoattack'])} (TRADES "
+            f"{_pct(at_8['trades_autoattack'])}). Does it mask its gradients there? "
+            f"{at_8['masking']}"
+        )
     return [line + "."]
 
 
