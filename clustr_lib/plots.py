@@ -9,7 +9,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.patches import Circle
 
 from . import paper
-from .studies import ATTACK_LABELS
+from .studies import ATTACK_LABELS, RULE_LABELS
 
 CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
@@ -594,6 +594,65 @@ def attack_comparison(comparison, sources):
         ax.set_ylabel("robust accuracy (%)")
         _title(ax, s.label, own, "every attack")
         _outside(ax)
+    return fig
+
+
+# Chapter 12's rows, top to bottom: the paper's PGD objective first, the strongest attacks last
+AUDIT_ROWS = ("paper", "magnet", "margin", "ce", "autoattack", "square")
+RULE_MARKERS = {"official": "o", "any_restart": "^", "any_iterate": "x"}  # AutoAttack: "D"
+
+
+def attack_dots(comparison, sources):
+    """Chapter 12: the audit of :func:`clustr_lib.studies.attack_comparison` as dots, one
+    panel per source: a row per attack (PGD-100 under each objective, AutoAttack, Square
+    alone; :data:`AUDIT_ROWS`), robust accuracy along x (the mean over seeds, whiskers
+    min–max), a colour per method (the same in every panel) and a marker per PGD rule
+    (:data:`RULE_MARKERS`). How far a method's dots move left from the top row is how much the
+    paper's objective over-states its robustness. Returns the figure."""
+    sources = [s for s in sources if s.label in set(comparison["source"])]  # with rows only
+    methods = list(dict.fromkeys(comparison["method"]))
+    colours = dict(zip(methods, plt.get_cmap("tab10").colors))
+    names = {label: key for key, label in ATTACK_LABELS.items()}
+    fig, axes = _source_panels(sources, 0.45 * len(AUDIT_ROWS) + 1.2)
+    for ax, s in zip(axes[:, 0], sources):
+        own = _of(comparison, s.label).copy()
+        pgd = own["rule"].notna() if "rule" in own else np.zeros(len(own), bool)
+        own["row"] = np.where(pgd, own.get("objective"), own["attack"].map(names))
+        own["marker"] = np.where(pgd, own.get("rule"), "autoattack")
+        shown = [m for m in methods if m in set(own["method"])]
+        for k, method in enumerate(shown):
+            offset = (k - (len(shown) - 1) / 2) * 0.6 / max(len(shown), 1)
+            for (row, marker), g in own[own["method"] == method].groupby(["row", "marker"]):
+                y = AUDIT_ROWS.index(row) + offset
+                lo, mean, hi = g["robust"].min(), g["robust"].mean(), g["robust"].max()
+                ax.errorbar(
+                    [mean], [y], xerr=[[mean - lo], [hi - mean]], color=colours[method],
+                    marker=RULE_MARKERS.get(marker, "D"), markersize=6, linestyle="none",
+                    capsize=2, label=f"{method}|{marker}",
+                )  # fmt: skip
+        ax.set_yticks(range(len(AUDIT_ROWS)), [ATTACK_LABELS[r] for r in AUDIT_ROWS])
+        ax.set_ylim(len(AUDIT_ROWS) - 0.5, -0.5)  # the paper's objective on top
+        ax.set_xlim(-2, 102)
+        ax.set_xlabel("robust accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+        for y in range(len(AUDIT_ROWS) - 1):
+            ax.axhline(y + 0.5, color="0.85", linewidth=0.8)
+        eps = sorted(set(own["eps_255"])) if "eps_255" in own else []
+        at = f" at ε = {', '.join(f'{e:g}' for e in eps)}/255" if eps else ""
+        _title(ax, s.label, own, f"every attack{at}")
+        method_keys = [
+            plt.Line2D([], [], color=colours[m], marker="s", linestyle="none", label=m)
+            for m in shown
+        ]
+        rule_keys = [
+            plt.Line2D([], [], color="0.3", marker=RULE_MARKERS.get(r, "D"), linestyle="none",
+                       label=RULE_LABELS.get(r, "AutoAttack / Square"))
+            for r in dict.fromkeys(own["marker"])
+        ]  # fmt: skip
+        ax.legend(
+            handles=method_keys + rule_keys, fontsize=8, loc="upper left",
+            bbox_to_anchor=(1.01, 1), borderaxespad=0,
+        )  # fmt: skip
     return fig
 
 

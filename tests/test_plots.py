@@ -229,3 +229,45 @@ def test_kmeans_figure_marks_the_papers_cifar10_values_on_the_cifar10_source_onl
     assert marked(top, "paper (reported, CIFAR-10)").tolist() == [[0.0, 95.0], [1.0, 21.6]]
     assert labels(bottom) == ["ours: nominal network"]
     assert [p.get_height() for p in bottom.patches] == [90.5, 20.5]
+
+
+def test_audit_dots_put_each_attack_on_its_row_at_the_mean_over_seeds():
+    rows = [
+        {"source": STUDY.label, "method": "ClusTR + QTRADES", "seed": k, "attack": "",
+         "objective": o, "rule": r, "robust": v + 10 * k, "eps_255": 8.0}
+        for k in (0, 1)
+        for o, r, v in (("paper", "official", 50.0), ("paper", "any_iterate", 40.0),
+                        ("ce", "official", 20.0))
+    ] + [
+        {"source": STUDY.label, "method": m, "seed": k, "attack": "AutoAttack (standard)",
+         "objective": None, "rule": None, "robust": v, "eps_255": 8.0}
+        for k in (0, 1)
+        for m, v in (("ClusTR + QTRADES", 10.0), ("TRADES", 80.0 + k))
+    ]  # fmt: skip
+    fig = plots.attack_dots(pd.DataFrame(rows), SOURCES)  # CIFAR10 has no rows: no panel
+    assert_stacked_with_legends_outside(fig, 1)
+    (ax,) = fig.axes
+    offset = 0.6 / 2 / 2  # two methods share a row, ClusTR + QTRADES (first seen) above
+    expected = {  # mean over the two seeds, whiskers to their min and max
+        "ClusTR + QTRADES|official": [(55.0, 0 - offset), (25.0, 3 - offset)],
+        "ClusTR + QTRADES|any_iterate": [(45.0, 0 - offset)],
+        "ClusTR + QTRADES|autoattack": [(10.0, 4 - offset)],
+        "TRADES|autoattack": [(80.5, 4 + offset)],
+    }
+    found, dots = {}, {}
+    for c in ax.containers:
+        x, y = c.lines[0].get_data()
+        found.setdefault(c.get_label(), []).append((round(x[0], 9), round(y[0], 9)))
+        dots[c.get_label()] = c
+    assert {k: sorted(v) for k, v in found.items()} == {
+        k: sorted((round(x, 9), round(y, 9)) for x, y in v) for k, v in expected.items()
+    }
+    assert dots["TRADES|autoattack"].lines[0].get_marker() == "D"
+    assert dots["ClusTR + QTRADES|any_iterate"].lines[0].get_marker() == "x"
+    (whiskers,) = dots["ClusTR + QTRADES|any_iterate"].lines[2]
+    assert np.asarray(whiskers.get_segments())[0][:, 0] == pytest.approx([40.0, 50.0])
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "PGD, paper's objective"
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the paper's objective on top
+    assert labels(ax) == ["ClusTR + QTRADES", "TRADES", "official rule", "any iterate",
+                          "AutoAttack / Square"]  # fmt: skip
+    assert "ε = 8/255" in ax.get_title()
