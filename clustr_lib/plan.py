@@ -22,6 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import fmean
 
 import pandas as pd
 
@@ -289,21 +290,41 @@ def recorded_only(sources, measure):
     is missing is only listed — and how far the recording has come. For a study recorded over
     several sessions (``python -m clustr_lib record``), so that its chapter shows what has
     finished. Returns ``(measure's result, the sources it read, progress)``: per source, the
-    runs and evaluations recorded of those needed, and the hours of device time they took
-    (a run's training and attacks, an evaluation's wall time, as their records give them)."""
+    runs and evaluations recorded of those needed, the hours of device time they took (a run's
+    training and attacks, an evaluation's wall time, as their records give them), and the
+    hours still to go, each missing task estimated by the mean of the same task recorded at
+    other seeds (:func:`seed_estimates`; a task recorded at no seed yet counts 0, so that the
+    estimate is a lower bound until a seed is whole)."""
     planned = [dataclasses.replace(s, planner=Planner()) for s in sources]
     result = measure(planned)
     rows = []
     for source in planned:
         row = {"source": source.label}
+        every = list(source.planner.tasks.values())
         for kind, name in (("run", "runs"), ("evaluation", "evaluations")):
-            tasks = [t for t in source.planner.tasks.values() if t.kind == kind]
+            tasks = [t for t in every if t.kind == kind]
             row[f"{name} recorded"] = sum(t.recorded for t in tasks)
             row[f"{name} needed"] = len(tasks)
-        done = [t for t in source.planner.tasks.values() if t.recorded]
-        row["hours recorded"] = sum(t.seconds or 0.0 for t in done) / 3600
+        row["hours recorded"] = sum(t.seconds or 0.0 for t in every if t.recorded) / 3600
+        row["hours to go (estimate)"] = sum(seed_estimates(every).values()) / 3600
         rows.append(row)
     return result, planned, pd.DataFrame(rows).set_index("source")
+
+
+def seed_estimates(tasks: list) -> dict:
+    """``{key: seconds}`` for each task of ``tasks`` not recorded: the mean device seconds of
+    the same task (kind, method, evaluation and parameters) recorded at other seeds, 0 when
+    none is."""
+    done = {}
+    for t in tasks:
+        if t.recorded and t.seconds is not None:
+            done.setdefault(_across_seeds(t), []).append(t.seconds)
+    return {t.key: fmean(done.get(_across_seeds(t), [0.0])) for t in tasks if not t.recorded}
+
+
+def _across_seeds(task: Task) -> tuple:
+    params = json.dumps(to_plain(task.params), sort_keys=True) if task.params else None
+    return (task.kind, task.source, task.method, task.evaluation, params, task.shard)
 
 
 @contextlib.contextmanager

@@ -466,9 +466,14 @@ def recording_totals(progress: pd.DataFrame) -> dict:
     """Runs and evaluations recorded and needed, and the hours they took, over the sources of
     a progress table (:func:`clustr_lib.plan.recorded_only`)."""
     return {
-        c.replace(" ", "_"): round(float(v), 2) if c == "hours recorded" else int(v)
+        _total_key(c): round(float(v), 2) if c.startswith("hours") else int(v)
         for c, v in progress.sum().items()
     }
+
+
+def _total_key(column: str) -> str:
+    """``"hours to go (estimate)"`` → ``"hours_to_go"``: a progress column as a totals key."""
+    return column.split(" (")[0].replace(" ", "_")
 
 
 def recording_complete(totals: dict) -> bool:
@@ -492,7 +497,9 @@ def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
         f"**The recording is under way** (`{command}`, which resumes where it stopped, seed "
         f"after seed): {t['runs_recorded']} of {t['runs_needed']} runs and "
         f"{t['evaluations_recorded']} of {t['evaluations_needed']} evaluations are recorded, "
-        f"{t['hours_recorded']:.1f} hours of device time so far. "
+        f"{t['hours_recorded']:.1f} hours of device time so far, and about "
+        f"{t['hours_to_go']:.1f} more to go (each missing task timed as the same task at the "
+        "seeds recorded; one that no seed has recorded yet counts 0). "
         "The tables below show what has finished; a measurement that needs the rest is missing, "
         "and every mean is over the seeds recorded so far (the tables say how many)."
     )

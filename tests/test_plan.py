@@ -198,7 +198,9 @@ def test_a_study_is_read_as_far_as_it_is_recorded_and_nothing_is_computed(tmp_pa
     (seeds, records), (read,), progress = plan.recorded_only([src], measure)
     assert seeds == [0] and [r.seed for r in records] == [0]
     row = progress.loc[src.label].to_dict()
-    assert row.pop("hours recorded") == pytest.approx(recorded_seconds(src.results_dir) / 3600)
+    seed_0 = recorded_seconds(src.results_dir) / 3600
+    assert seed_0 > 0 and row.pop("hours recorded") == pytest.approx(seed_0)
+    assert row.pop("hours to go (estimate)") == pytest.approx(seed_0)  # seed 1: the same tasks
     assert row == {
         "runs recorded": 1,
         "runs needed": 2,
@@ -207,3 +209,14 @@ def test_a_study_is_read_as_far_as_it_is_recorded_and_nothing_is_computed(tmp_pa
     }
     assert read.train_devices and read.eval_devices and len(read.loaded) == 1
     assert src.planner is None  # the sources given are left as they were
+
+
+def test_a_missing_task_is_timed_as_the_same_task_at_the_seeds_recorded():
+    def at(seed, seconds=None, evaluation="pgd", eps=0.1):
+        t = plan.Task("evaluation", "s", "d", "clustr", seed, f"run{seed}", evaluation,
+                      {"eps": eps}, recorded=seconds is not None, seconds=seconds)  # fmt: skip
+        return t
+
+    tasks = [at(0, 10.0), at(1, 20.0), at(2), at(2, eps=0.2), at(0, 5.0, "autoattack")]
+    found = plan.seed_estimates(tasks)
+    assert found == {at(2).key: 15.0, at(2, eps=0.2).key: 0.0}  # no seed has eps 0.2 yet
