@@ -85,8 +85,16 @@ class Task:
     @property
     def key(self) -> tuple:
         run = self.run or f"{self.source}/{self.method}/s{self.seed}"
-        params = json.dumps(to_plain(self.params), sort_keys=True) if self.params else None
-        return (self.kind, run, self.evaluation, params, self.shard)
+        return (self.kind, run, self.evaluation, self.params_text, self.shard)
+
+    @property
+    def across_seeds(self) -> tuple:
+        """The task whatever its seed: its key with the source and method in place of the run."""
+        return (self.kind, self.source, self.method, self.evaluation, self.params_text, self.shard)
+
+    @property
+    def params_text(self) -> str | None:
+        return json.dumps(to_plain(self.params), sort_keys=True) if self.params else None
 
 
 class Planner:
@@ -291,10 +299,10 @@ def recorded_only(sources, measure):
     several sessions (``python -m clustr_lib record``), so that its chapter shows what has
     finished. Returns ``(measure's result, the sources it read, progress)``: per source, the
     runs and evaluations recorded of those needed, the hours of device time they took (a run's
-    training and attacks, an evaluation's wall time, as their records give them), and the
-    hours still to go, each missing task estimated by the mean of the same task recorded at
-    other seeds (:func:`seed_estimates`; a task recorded at no seed yet counts 0, so that the
-    estimate is a lower bound until a seed is whole)."""
+    training and attacks, an evaluation's wall time, as their records give them), the hours
+    still to go for the missing tasks that some seed has recorded (each timed as the mean of
+    that task at those seeds, :func:`seed_estimates`), and how many missing tasks no seed has
+    recorded yet (untimed: not in the estimate)."""
     planned = [dataclasses.replace(s, planner=Planner()) for s in sources]
     result = measure(planned)
     rows = []
@@ -306,25 +314,26 @@ def recorded_only(sources, measure):
             row[f"{name} recorded"] = sum(t.recorded for t in tasks)
             row[f"{name} needed"] = len(tasks)
         row["hours recorded"] = sum(t.seconds or 0.0 for t in every if t.recorded) / 3600
-        row["hours to go (estimate)"] = sum(seed_estimates(every).values()) / 3600
+        estimates = seed_estimates(every)
+        row["hours to go (estimate)"] = sum(v for v in estimates.values() if v is not None) / 3600
+        row["tasks untimed"] = sum(v is None for v in estimates.values())
         rows.append(row)
     return result, planned, pd.DataFrame(rows).set_index("source")
 
 
 def seed_estimates(tasks: list) -> dict:
     """``{key: seconds}`` for each task of ``tasks`` not recorded: the mean device seconds of
-    the same task (kind, method, evaluation and parameters) recorded at other seeds, 0 when
-    none is."""
+    the same task (:attr:`Task.across_seeds`: kind, source, method, evaluation, parameters
+    and shard) recorded at other seeds; ``None`` when no seed has recorded it."""
     done = {}
     for t in tasks:
         if t.recorded and t.seconds is not None:
-            done.setdefault(_across_seeds(t), []).append(t.seconds)
-    return {t.key: fmean(done.get(_across_seeds(t), [0.0])) for t in tasks if not t.recorded}
-
-
-def _across_seeds(task: Task) -> tuple:
-    params = json.dumps(to_plain(task.params), sort_keys=True) if task.params else None
-    return (task.kind, task.source, task.method, task.evaluation, params, task.shard)
+            done.setdefault(t.across_seeds, []).append(t.seconds)
+    return {
+        t.key: fmean(done[t.across_seeds]) if t.across_seeds in done else None
+        for t in tasks
+        if not t.recorded
+    }
 
 
 @contextlib.contextmanager

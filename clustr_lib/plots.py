@@ -9,6 +9,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.patches import Circle
 
 from . import paper
+from .protocol import METHODS
 from .studies import ATTACK_LABELS, RULE_LABELS
 
 CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
@@ -603,15 +604,20 @@ RULE_MARKERS = {"official": "o", "any_restart": "^", "any_iterate": "x"}  # Auto
 
 
 def attack_dots(comparison, sources):
-    """Chapter 12: the audit of :func:`clustr_lib.studies.attack_comparison` as dots, one
-    panel per source: a row per attack (PGD-100 under each objective, AutoAttack, Square
-    alone; :data:`AUDIT_ROWS`), robust accuracy along x (the mean over seeds, whiskers
-    min–max), a colour per method (the same in every panel) and a marker per PGD rule
-    (:data:`RULE_MARKERS`). How far a method's dots move left from the top row is how much the
-    paper's objective over-states its robustness. Returns the figure."""
+    """Chapter 12: the audit of :func:`clustr_lib.studies.attack_comparison` at one radius as
+    dots, one panel per source: a row per attack (PGD-100 under each objective, AutoAttack,
+    Square alone; :data:`AUDIT_ROWS`), robust accuracy along x (the mean over seeds, whiskers
+    min–max), a colour per method (by :data:`clustr_lib.protocol.METHODS`, the same in every
+    figure) and a marker per PGD rule (:data:`RULE_MARKERS`). How far a cluster method's dots
+    move left from the top row is how much the paper's objective over-states its robustness
+    (a cross-entropy network has no dot there: its paper's objective is −log p_y). Returns the
+    figure."""
+    radii = set(comparison["eps_255"]) if "eps_255" in comparison else set()
+    if len(radii) > 1:
+        raise ValueError(f"attack_dots draws one radius; got ε·255 = {sorted(radii)}")
     sources = [s for s in sources if s.label in set(comparison["source"])]  # with rows only
-    methods = list(dict.fromkeys(comparison["method"]))
-    colours = dict(zip(methods, plt.get_cmap("tab10").colors))
+    colours = dict(zip(METHODS.values(), plt.get_cmap("tab10").colors))
+    methods = [m for m in colours if m in set(comparison["method"])]
     names = {label: key for key, label in ATTACK_LABELS.items()}
     fig, axes = _source_panels(sources, 0.45 * len(AUDIT_ROWS) + 1.2)
     for ax, s in zip(axes[:, 0], sources):
@@ -637,8 +643,7 @@ def attack_dots(comparison, sources):
         ax.grid(axis="x", alpha=0.3)
         for y in range(len(AUDIT_ROWS) - 1):
             ax.axhline(y + 0.5, color="0.85", linewidth=0.8)
-        eps = sorted(set(own["eps_255"])) if "eps_255" in own else []
-        at = f" at ε = {', '.join(f'{e:g}' for e in eps)}/255" if eps else ""
+        at = f" at ε = {next(iter(radii)):g}/255" if radii else ""
         _title(ax, s.label, own, f"every attack{at}")
         method_keys = [
             plt.Line2D([], [], color=colours[m], marker="s", linestyle="none", label=m)

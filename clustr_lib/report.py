@@ -463,8 +463,8 @@ class Chapter:
 
 
 def recording_totals(progress: pd.DataFrame) -> dict:
-    """Runs and evaluations recorded and needed, and the hours they took, over the sources of
-    a progress table (:func:`clustr_lib.plan.recorded_only`)."""
+    """Runs and evaluations recorded and needed, the hours they took and the estimate of the
+    hours to go, over the sources of a progress table (:func:`clustr_lib.plan.recorded_only`)."""
     return {
         _total_key(c): round(float(v), 2) if c.startswith("hours") else int(v)
         for c, v in progress.sum().items()
@@ -497,11 +497,22 @@ def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
         f"**The recording is under way** (`{command}`, which resumes where it stopped, seed "
         f"after seed): {t['runs_recorded']} of {t['runs_needed']} runs and "
         f"{t['evaluations_recorded']} of {t['evaluations_needed']} evaluations are recorded, "
-        f"{t['hours_recorded']:.1f} hours of device time so far, and about "
-        f"{t['hours_to_go']:.1f} more to go (each missing task timed as the same task at the "
-        "seeds recorded; one that no seed has recorded yet counts 0). "
+        f"{t['hours_recorded']:.1f} hours of device time so far. "
+        + _to_go(t["hours_to_go"], t["tasks_untimed"])
+        + " "
         "The tables below show what has finished; a measurement that needs the rest is missing, "
         "and every mean is over the seeds recorded so far (the tables say how many)."
+    )
+
+
+def _to_go(hours: float, untimed: int) -> str:
+    """The recording note's estimate of the work left (:func:`clustr_lib.plan.seed_estimates`)."""
+    timed = f"{hours:.1f} hours for the missing tasks that some seed has recorded (timed there)"
+    if not untimed:
+        return f"About {timed} are still to go."
+    return (
+        f"Still to go: at least {timed}, and {untimed} tasks that no seed has recorded yet, so "
+        "not timed."
     )
 
 
@@ -793,8 +804,8 @@ def _fashion_findings(results: dict) -> list[str]:
     }
     if not _missing(at_8["autoattack"]):
         line += (
-            f". Under AutoAttack ClusTR + QTRADES keeps {_pct(at_8['autoattack'])} (TRADES "
-            f"{_pct(at_8['trades_autoattack'])}). Does it mask its gradients there? "
+            f". Under AutoAttack at 8/255 ClusTR + QTRADES keeps {_pct(at_8['autoattack'])} "
+            f"(TRADES {_pct(at_8['trades_autoattack'])}). Does it mask its gradients there? "
             f"{at_8['masking']}"
         )
     return [line + "."]

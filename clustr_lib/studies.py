@@ -831,8 +831,8 @@ def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
     elif beyond_ce > MASKING_MARGIN:
         text = (
             f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y, more than the "
-            f"{MASKING_MARGIN:g}-point margin: a sign of gradient masking, which even PGD on "
-            "a sound objective does not get past (it over-states the robustness that is left)"
+            f"{MASKING_MARGIN:g}-point margin: a sign of gradient masking, so that even PGD on "
+            "−log p_y over-states the robustness that is left"
         )
     else:
         text = (

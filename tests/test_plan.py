@@ -206,6 +206,7 @@ def test_a_study_is_read_as_far_as_it_is_recorded_and_nothing_is_computed(tmp_pa
         "runs needed": 2,
         "evaluations recorded": 1,
         "evaluations needed": 2,
+        "tasks untimed": 0,
     }
     assert read.train_devices and read.eval_devices and len(read.loaded) == 1
     assert src.planner is None  # the sources given are left as they were
@@ -219,4 +220,4 @@ def test_a_missing_task_is_timed_as_the_same_task_at_the_seeds_recorded():
 
     tasks = [at(0, 10.0), at(1, 20.0), at(2), at(2, eps=0.2), at(0, 5.0, "autoattack")]
     found = plan.seed_estimates(tasks)
-    assert found == {at(2).key: 15.0, at(2, eps=0.2).key: 0.0}  # no seed has eps 0.2 yet
+    assert found == {at(2).key: 15.0, at(2, eps=0.2).key: None}  # no seed has eps 0.2 yet

@@ -247,12 +247,12 @@ def test_audit_dots_put_each_attack_on_its_row_at_the_mean_over_seeds():
     fig = plots.attack_dots(pd.DataFrame(rows), SOURCES)  # CIFAR10 has no rows: no panel
     assert_stacked_with_legends_outside(fig, 1)
     (ax,) = fig.axes
-    offset = 0.6 / 2 / 2  # two methods share a row, ClusTR + QTRADES (first seen) above
+    offset = 0.6 / 2 / 2  # two methods share a row, in protocol.METHODS' order: TRADES above
     expected = {  # mean over the two seeds, whiskers to their min and max
-        "ClusTR + QTRADES|official": [(55.0, 0 - offset), (25.0, 3 - offset)],
-        "ClusTR + QTRADES|any_iterate": [(45.0, 0 - offset)],
-        "ClusTR + QTRADES|autoattack": [(10.0, 4 - offset)],
-        "TRADES|autoattack": [(80.5, 4 + offset)],
+        "ClusTR + QTRADES|official": [(55.0, 0 + offset), (25.0, 3 + offset)],
+        "ClusTR + QTRADES|any_iterate": [(45.0, 0 + offset)],
+        "ClusTR + QTRADES|autoattack": [(10.0, 4 + offset)],
+        "TRADES|autoattack": [(80.5, 4 - offset)],
     }
     found, dots = {}, {}
     for c in ax.containers:
@@ -268,6 +268,12 @@ def test_audit_dots_put_each_attack_on_its_row_at_the_mean_over_seeds():
     assert np.asarray(whiskers.get_segments())[0][:, 0] == pytest.approx([40.0, 50.0])
     assert [t.get_text() for t in ax.get_yticklabels()][0] == "PGD, paper's objective"
     assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the paper's objective on top
-    assert labels(ax) == ["ClusTR + QTRADES", "TRADES", "official rule", "any iterate",
+    assert labels(ax) == ["TRADES", "ClusTR + QTRADES", "official rule", "any iterate",
                           "AutoAttack / Square"]  # fmt: skip
     assert "ε = 8/255" in ax.get_title()
+    colour = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+    alone = plots.attack_dots(pd.DataFrame(rows[-1:]), SOURCES).axes[0]  # TRADES only
+    assert alone.containers[0].lines[0].get_color() == colour["TRADES|autoattack"]
+    two_radii = pd.DataFrame(rows).assign(eps_255=[8.0, 25.5] * (len(rows) // 2))
+    with pytest.raises(ValueError, match="one radius"):
+        plots.attack_dots(two_radii, SOURCES)

@@ -246,7 +246,7 @@ def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
     }
     box = report.findings_markdown(results)
     assert "recorded in full" in box and "there? AutoAttack breaks no more" in box
-    assert "Under AutoAttack ClusTR + QTRADES keeps 30.5% (TRADES 84.0%)" in box
+    assert "Under AutoAttack at 8/255 ClusTR + QTRADES keeps 30.5% (TRADES 84.0%)" in box
 
 
 def test_the_summary_opens_with_the_findings_and_shows_dashes_where_nothing_ran():
@@ -283,3 +283,23 @@ def test_the_papers_table_carries_no_number_of_ours():
     assert "WRN-34-10" in rows.loc["TRADES", "where the row comes from"]
     assert list(rows.index) == list(paper.accuracy_table("cifar10"))
     assert "training (min, GTX 1080Ti)" not in tables.paper_rows("cifar100")  # not timed
+
+
+def test_the_recording_note_says_what_is_left_and_what_is_not_timed_yet():
+    progress = pd.DataFrame(
+        {"runs recorded": [3, 1], "runs needed": [4, 1], "evaluations recorded": [10, 0],
+         "evaluations needed": [20, 5], "hours recorded": [1.25, 0.5],
+         "hours to go (estimate)": [2.0, 0.0], "tasks untimed": [0, 5]},
+        index=pd.Index(["a", "b"], name="source"),
+    )  # fmt: skip
+    totals = report.recording_totals(progress)
+    assert totals == {"runs_recorded": 4, "runs_needed": 5, "evaluations_recorded": 10,
+                      "evaluations_needed": 25, "hours_recorded": 1.75, "hours_to_go": 2.0,
+                      "tasks_untimed": 5}  # fmt: skip
+    note = report.recording_note(progress, "record x").data
+    assert "4 of 5 runs and 10 of 25 evaluations are recorded, 1.8 hours" in note
+    assert "at least 2.0 hours" in note and "5 tasks that no seed has recorded yet" in note
+    timed = report.recording_note(progress.assign(**{"tasks untimed": 0}), "record x").data
+    assert "About 2.0 hours" in timed and "at least" not in timed
+    done = progress.assign(**{"runs recorded": [4, 1], "evaluations recorded": [20, 5]})
+    assert "The recording is complete" in report.recording_note(done, "record x").data

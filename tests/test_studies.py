@@ -3,7 +3,6 @@
 import dataclasses
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -166,53 +165,3 @@ def test_attacks_are_split_by_radius_with_an_empty_frame_where_none_is_recorded(
     assert list(at[8.0]["robust"]) == [1.0, 2.0] and list(at[25.5]["robust"]) == [3.0]
     assert at[16.0].empty
     assert all(f.empty for f in studies.by_radius(pd.DataFrame(), [8 / 255]).values())
-
-
-def test_a_whole_audit_of_a_tiny_study_reads_as_chapter_12_reads_it(tmp_path):
-    """Every measurement of the audit computed on two tiny runs, then every reading chapter 12
-    makes of it (so that a recording that reaches a new kind of evaluation cannot break the
-    chapter), with properties any audit must have."""
-    import matplotlib
-
-    from clustr_lib import plots, report, sources, tables
-
-    matplotlib.use("Agg")
-    tiny = {"width": 2, "eval_size": 6, "pgd_restarts": 1, "pgd_steps": [2], "ce_epochs": 1,
-            "ce_milestones": [1], "magnet_epochs": 1, "samples_per_cluster": 5}  # fmt: skip
-    src = sources.paper_source(
-        "cifar10", stand_in="digits32", train_size=200, test_size=40, overrides=tiny, seeds=1,
-        results_dir=tmp_path / "results",
-    )  # fmt: skip
-    src = dataclasses.replace(src, paper_dataset=None, only_methods=["nominal", "clustr_qtrades"])
-    audit = protocol.FASHION32_STUDY["audit"]
-    frames = studies.dataset_audit(src, audit)
-
-    attacks = frames["attacks"]
-    assert set(attacks["eps_255"]) == {8.0, 25.5} and attacks["robust"].between(0, 100).all()
-    steps = attacks[attacks["attack"] == studies.ATTACK_LABELS["autoattack"]]
-    sequence = steps[["clean", "after_apgd-ce", "after_apgd-t", "after_fab-t", "after_square"]]
-    assert len(steps) == 4 and (sequence.diff(axis=1).iloc[:, 1:] <= 1e-9).all().all()
-    assert frames["underflow"].filter(like="(%)").stack().between(0, 100).all()
-    certificate = frames["certificate"]
-    assert list(certificate["eps_255"]) == [8.0, 25.5]
-    needed = certificate["ℓ2 radius needed"]  # the ℓ2 ball holding the ℓ∞ ball: ε·√d
-    assert needed.to_numpy() == pytest.approx(np.array([8, 25.5]) / 255 * np.sqrt(3 * 32 * 32))
-
-    findings = studies.dataset_findings(
-        frames["runs"], attacks, frames["gradients"], frames["underflow"], certificate
-    )
-    assert findings["seeds"] == 1 and {"eps8", "eps25_5"} <= set(findings)
-    for key in ("eps8", "eps25_5"):
-        assert all(0 <= findings[key][a] <= 100 for a in ("paper", "ce", "autoattack"))
-        assert isinstance(findings[key]["masking"], str)
-    text = report.dataset_reading({src.key: findings}, {src.key: src.label}).data
-    assert "ε = 8/255" in text and "ε = 25.5/255" in text and "not audited" not in text
-    at = studies.by_radius(attacks, audit["eps"])
-    for frame in at.values():  # every table and figure the chapter draws of it
-        tables.mean_sd_table(frame, ["source", "method"], "attack", "robust")
-        assert not tables.autoattack_steps(frame).empty
-        assert not studies.masking_flags(frame, frames["gradients"]).empty
-        assert len(plots.attack_dots(frame, [src]).axes) == 1
-    assert not tables.objectives_table(frames["runs"], by=["source", "method"]).empty
-    assert not studies.gradient_summary(frames["gradients"]).empty
-    assert len(tables.seed_means(certificate, ["source", "method", "eps_255"])) == 2
