@@ -598,6 +598,14 @@ def attack_comparison(comparison, sources):
     return fig
 
 
+# One colour per method in every figure that colours by method (the headline method red)
+METHOD_COLOURS = dict(
+    zip(
+        METHODS.values(),
+        ("0.45", "#ff7f0e", "#2ca02c", "#9467bd", "#1f77b4", "#8c564b", "#d62728"),
+        strict=True,
+    )
+)
 # Chapter 12's rows, top to bottom: the paper's PGD objective first, the strongest attacks last
 AUDIT_ROWS = ("paper", "magnet", "margin", "ce", "autoattack", "square")
 RULE_MARKERS = {"official": "o", "any_restart": "^", "any_iterate": "x"}  # AutoAttack: "D"
@@ -607,8 +615,8 @@ def attack_dots(comparison, sources):
     """Chapter 12: the audit of :func:`clustr_lib.studies.attack_comparison` at one radius as
     dots, one panel per source: a row per attack (PGD-100 under each objective, AutoAttack,
     Square alone; :data:`AUDIT_ROWS`), robust accuracy along x (the mean over seeds, whiskers
-    min–max), a colour per method (by :data:`clustr_lib.protocol.METHODS`, the same in every
-    figure) and a marker per PGD rule (:data:`RULE_MARKERS`). How far a cluster method's dots
+    min–max), a colour per method (:data:`METHOD_COLOURS`, the same in every figure) and a
+    marker per PGD rule (:data:`RULE_MARKERS`). How far a cluster method's dots
     move left from the top row is how much the paper's objective over-states its robustness
     (a cross-entropy network has no dot there: its paper's objective is −log p_y). Returns the
     figure."""
@@ -616,10 +624,10 @@ def attack_dots(comparison, sources):
     if len(radii) > 1:
         raise ValueError(f"attack_dots draws one radius; got ε·255 = {sorted(radii)}")
     sources = [s for s in sources if s.label in set(comparison["source"])]  # with rows only
-    colours = dict(zip(METHODS.values(), plt.get_cmap("tab10").colors))
+    colours = METHOD_COLOURS
     methods = [m for m in colours if m in set(comparison["method"])]
     names = {label: key for key, label in ATTACK_LABELS.items()}
-    fig, axes = _source_panels(sources, 0.45 * len(AUDIT_ROWS) + 1.2)
+    fig, axes = _source_panels(sources, 0.4 * len(AUDIT_ROWS) + 1.2, width=7.5)
     for ax, s in zip(axes[:, 0], sources):
         own = _of(comparison, s.label).copy()
         pgd = own["rule"].notna() if "rule" in own else np.zeros(len(own), bool)
