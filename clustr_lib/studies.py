@@ -712,6 +712,13 @@ def adaptive_findings(frame: pd.DataFrame, method: str = "ClusTR + QTRADES") -> 
 
 
 AUDIT_ATTACKS = ("paper", "ce", "margin", "magnet", "autoattack", "square")
+# Chapter 12's attack columns in order: PGD under each objective (the paper's first), unmarked
+# (the protocol's first rule) or under a rule named, then AutoAttack and Square alone
+AUDIT_LABELS = [
+    *(attack_label(o, r) for o in AUDIT_ATTACKS[:4] for r in (None, *RULE_LABELS)),
+    ATTACK_LABELS["autoattack"],
+    ATTACK_LABELS["square"],
+]
 
 
 def audit_findings(

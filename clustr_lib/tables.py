@@ -141,12 +141,16 @@ def seed_means(frame: pd.DataFrame, index) -> pd.DataFrame:
     return means.drop(columns="seed", errors="ignore").round(3)
 
 
-def mean_sd_table(frame: pd.DataFrame, index, columns: str, value: str) -> pd.DataFrame:
-    """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance);
+def mean_sd_table(
+    frame: pd.DataFrame, index, columns: str, value: str, column_order=()
+) -> pd.DataFrame:
+    """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance,
+    except that the values of ``column_order`` present come first, in that order);
     ``index`` is a column or a list of them (``["source", "method"]``: a MultiIndex)."""
     keys = [index] if isinstance(index, str) else list(index)
     rows = list(dict.fromkeys(frame[keys].itertuples(index=False, name=None)))
-    cols = list(dict.fromkeys(frame[columns]))
+    present = list(dict.fromkeys(frame[columns]))
+    cols = [c for c in column_order if c in present] + [c for c in present if c not in column_order]
     labels = (
         pd.MultiIndex.from_tuples(rows, names=keys)
         if len(keys) > 1

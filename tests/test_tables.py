@@ -47,6 +47,22 @@ def test_mean_sd_table_formats_each_cell_over_seeds():
         [frame, pd.DataFrame({"method": ["A"], "attack": ["y"], "seed": [0], "robust": [1.0]})]
     )
     assert tables.mean_sd_table(two, "method", "attack", "robust").loc["B", "y"] == "—"
+    ordered = tables.mean_sd_table(two, "method", "attack", "robust", column_order=["y", "z"])
+    assert list(ordered.columns) == ["y", "x"] and list(ordered.index) == ["A", "B"]
+
+
+def test_the_audit_columns_start_with_the_papers_objective_and_end_with_autoattack():
+    from clustr_lib import studies
+
+    labels = studies.AUDIT_LABELS
+    assert labels[:4] == ["PGD, paper's objective", "PGD, paper's objective (official rule)",
+                          "PGD, paper's objective (any restart)",
+                          "PGD, paper's objective (any iterate)"]  # fmt: skip
+    assert labels[4] == "PGD, −log p_y" and labels[-2:] == [
+        "AutoAttack (standard)", "Square alone (black-box)"
+    ]  # fmt: skip
+    # 4 objectives, unmarked (the protocol's first rule) or under each of the 3 rules named
+    assert len(labels) == 4 * 4 + 2 == len(set(labels))
 
 
 # ---------------------------------------------------------------------------------------
