@@ -14,6 +14,7 @@ The layer above it:
 
 * :mod:`clustr_lib.protocol` — the paper's protocol, the methods, the shared rules
 * :mod:`clustr_lib.records` — provenance, JSON, the cache's key scheme, the run record
+* :mod:`clustr_lib.clock` — the records' wall time (a suspended recording is not counted)
 * :mod:`clustr_lib.runs` — a config → a trained, cached run
 * :mod:`clustr_lib.evaluations` — measurements of a trained model (the PGD/AutoAttack entry points)
 * :mod:`clustr_lib.sources` — the runs a chapter reads and their recorded evaluations

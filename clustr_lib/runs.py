@@ -9,14 +9,13 @@ to it in ``models/``. Training resumes from a checkpoint after an interruption.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import protocol
+from . import clock, protocol
 from .attacks import predict
 from .checks import progress_enabled
 from .classify import ClusterClassifier, ClusterModel
@@ -259,14 +258,14 @@ def evaluate(model, data, config: dict) -> tuple[dict, dict]:
     }
     seconds = {}
     for objective in protocol_objectives(config):
-        start = time.perf_counter()
+        start = clock.seconds()
         entry = {"robust": {}}
         for rule in config["pgd_rules"]:
             params = protocol.pgd_params(config, config["method"], objective, rule=rule)
             measured = pgd_accuracy(model, data, seed=config["seed"], **params)
             entry["clean"], entry["robust"][rule] = measured["clean"], measured["robust"]
         metrics["pgd"][objective] = entry
-        seconds[objective] = time.perf_counter() - start
+        seconds[objective] = clock.seconds() - start
     return metrics, seconds
 
 
@@ -293,7 +292,7 @@ def run(config: dict, data, *, results_dir, models_dir, force=False, progress=No
                 return cached
         for directory in (results_dir, models_dir):
             remove_temporaries(directory, stem)
-        start = time.perf_counter()
+        start = clock.seconds()
         trained = None if force else load_trained(config, data, models_dir)
         if trained is None:
             trained = train_run(
@@ -305,9 +304,7 @@ def run(config: dict, data, *, results_dir, models_dir, force=False, progress=No
             config=config,
             training=training,
             attack_seconds=attack_seconds,
-            provenance=provenance(
-                device=data.y_train.device, wall_seconds=time.perf_counter() - start
-            ),
+            provenance=provenance(device=data.y_train.device, wall_seconds=clock.seconds() - start),
             weights_sha256=sha256_file(model_path(config, models_dir)),
             **metrics,
         )

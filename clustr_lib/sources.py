@@ -19,12 +19,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paper, protocol
+from . import clock, paper, protocol
 from .data import DatasetUnavailable, load_images
 from .evaluations import EVALUATIONS, SHARDED, merge_shards, shard_count, shard_range
 from .records import (
@@ -303,7 +302,7 @@ class Source:
                 f"{self.label}: evaluation {name} {params} of {config['method']}, "
                 f"seed {config['seed']} is not recorded ({path.name})"
             )
-        start = time.perf_counter()
+        start = clock.seconds()
         count = shard_count(name, self.data, params)
         if count > 1:
             load = functools.cache(lambda: self.model(record))  # only if a shard is to make
@@ -315,7 +314,7 @@ class Source:
             self.eval_devices.update(part["provenance"]["device"] for part in parts)
         else:
             metrics = to_plain(EVALUATIONS[name](self.model(record), self.data, **params))
-            seconds = time.perf_counter() - start
+            seconds = clock.seconds() - start
         save_json(
             path,
             {
@@ -343,7 +342,7 @@ class Source:
         recorded = None if force else self._recorded_shard(record, key, params, shard)
         if recorded is not None:
             return recorded
-        start = time.perf_counter()
+        start = clock.seconds()
         model = load() if load is not None else self.model(record)
         points = to_plain(SHARDED[name](model, self.data, shard=shard, **params))
         recorded = {
@@ -351,7 +350,7 @@ class Source:
             "config": record.config,
             "points": points,
             "provenance": provenance(
-                device=self.data.y_train.device, wall_seconds=time.perf_counter() - start
+                device=self.data.y_train.device, wall_seconds=clock.seconds() - start
             ),
         }
         save_json(self._evaluation_path(record, key, shard), recorded)

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from .clock import count_suspensions
 from .evaluations import tiny_share
 from .protocol import (
     CLUSTER_METHODS,
@@ -589,9 +590,15 @@ def record_study(name: str, chapter_params: dict, repo_root=".", device="auto") 
     covers every source of the seed at once, radius by radius (:func:`dataset_audit`), so that
     the paper's ε is recorded for every method before the next radius. What is recorded is
     read; an interrupted run resumes from its checkpoint. Each evaluation computed prints a
-    line: its record's file and its wall time."""
-    definition = STUDIES[name][0]
-    every = study_sources(name, repo_root, device)
+    line: its record's file and its wall time. Suspend it with SIGTSTP (Ctrl-Z,
+    ``kill -TSTP``) rather than SIGSTOP: the time it is suspended is then not counted in the
+    records' wall times (:func:`clustr_lib.clock.count_suspensions`)."""
+    with count_suspensions():
+        _record_seeds(STUDIES[name][0], study_sources(name, repo_root, device), chapter_params)
+
+
+def _record_seeds(definition: dict, every: list, chapter_params: dict) -> None:
+    """:func:`record_study`'s work: seed after seed, runs, then the evaluations."""
     for seeds in range(1, int(definition["seeds"]) + 1):
         upto = [dataclasses.replace(source, seeds=seeds, announce=True) for source in every]
         for source in upto:

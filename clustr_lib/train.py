@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import clock
 from .attacks import QTRADES_FORMS, project, qtrades_adversary, soft_cross_entropy
 from .checks import check_choice, check_positive, progress_enabled
 from .classify import ClusterClassifier, ClusterModel, normalised_scores
@@ -366,7 +366,7 @@ def _run_epochs(
         initial=start_epoch,
         total=int(epochs),
     )
-    start = time.perf_counter()
+    start = clock.seconds()
     network.train()
     for epoch in bar:
         with amp.flags():
@@ -379,7 +379,7 @@ def _run_epochs(
                 scheduler.step()
         history.loss.append(loss)
         history.accuracy.append(accuracy)
-        history.seconds = carried + time.perf_counter() - start
+        history.seconds = carried + clock.seconds() - start
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
         state = {
             "epoch": epoch + 1,

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import signal
 
 import pandas as pd
 import pytest
@@ -140,7 +141,11 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
     monkeypatch.setitem(sources.STUDIES, "tiny", (study, "tiny study", "tiny"))
     calls = []
     monkeypatch.setattr(
-        sources.Source, "runs", lambda self, *a, **k: calls.append(("runs", self.name, self.seeds))
+        sources.Source,
+        "runs",
+        lambda self, *a, **k: calls.append(
+            ("runs", self.name, self.seeds, signal.getsignal(signal.SIGTSTP) != signal.SIG_DFL)
+        ),
     )
     monkeypatch.setattr(
         studies,
@@ -149,11 +154,11 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
     )
     studies.record_study("tiny", {}, tmp_path, "cpu")
     assert calls == [  # each seed's audit takes every source at once (radius by radius)
-        ("runs", "tiny", 1),
-        ("runs", "tiny_v", 1),
+        ("runs", "tiny", 1, True),  # True: SIGTSTP is caught (time suspended not counted)
+        ("runs", "tiny_v", 1, True),
         ("audit", ("tiny", 1), ("tiny_v", 1)),
-        ("runs", "tiny", 2),
-        ("runs", "tiny_v", 2),
+        ("runs", "tiny", 2, True),
+        ("runs", "tiny_v", 2, True),
         ("audit", ("tiny", 2), ("tiny_v", 2)),
     ]
 

@@ -643,7 +643,10 @@ def _digits_batch(n=120):
 def test_bf16_autocast_on_the_cpu_stays_close_to_fp32():
     """5 steps from the same weights in fp32 and bf16: per-step losses within 2 % (cross-
     entropy) and 3 % (Magnet + QTRADES), the first within 0.5 %, and the update itself close
-    (the weight change differs by under a third of its size)."""
+    (the weight change differs by under half its size: Adam's first steps are about
+    ``lr · sign(g)`` per weight, so bf16's rounding flips the step of the weights whose
+    gradient is near 0 — 0.34 of the size measured on a CPU with AMX-BF16, while a wrong
+    update would differ by about √2 of it)."""
     x, y = _digits_batch()
     torch.manual_seed(0)
     base = WithHead(resnet18_embedder(8), 64, 10)
@@ -688,7 +691,7 @@ def test_bf16_autocast_on_the_cpu_stays_close_to_fp32():
     keys = [k for k, v in w32.items() if v.is_floating_point() and "running" not in k]
     moved = sum(float(((w32[k] - base.state_dict()[k]) ** 2).sum()) for k in keys) ** 0.5
     apart = sum(float(((w32[k] - w16[k]) ** 2).sum()) for k in keys) ** 0.5
-    assert apart < moved / 3
+    assert apart < moved / 2
 
 
 def test_the_losses_eq4_and_distances_stay_float32_under_autocast(monkeypatch):
