@@ -10,10 +10,10 @@ import json
 import sys
 
 from . import book
-from .executors import EXECUTORS, ExecutionError, execute
+from .executors import EXECUTORS, ExecutionError, execute, record_study
 from .plan import make_plan
 from .sources import STUDIES
-from .studies import STUDY_CHAPTERS, record_study
+from .studies import STUDY_CHAPTERS
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,9 @@ def main(argv=None) -> int:
         "first every missing run and evaluation of the plan as tasks on Ray (default: %(default)s)",
     )
     run.add_argument("--address", help="with --executor ray: a Ray cluster (e.g. auto)")
-    run.add_argument("--threads", type=int, help="torch threads per task (default: torch's)")
+    run.add_argument(
+        "--threads", type=int, help="torch threads per task (default: torch's; 1 on Ray's CPUs)"
+    )
     plan = sub.add_parser(
         "plan", help="list the runs and evaluations a build needs, recorded or not (runs nothing)"
     )
@@ -47,6 +49,17 @@ def main(argv=None) -> int:
     record = sub.add_parser("record", help="train (or read) every run of a recorded study")
     record.add_argument("study", choices=sorted(STUDIES), help="the study")
     record.add_argument("--device", default="auto", help="cpu, cuda, … (default: %(default)s)")
+    record.add_argument(
+        "--executor",
+        default="local",
+        choices=EXECUTORS,
+        help="local: one task after another here; ray: each seed's tasks spread over Ray's "
+        "workers, one CPU (or GPU) each (default: %(default)s)",
+    )
+    record.add_argument("--address", help="with --executor ray: a Ray cluster (e.g. auto)")
+    record.add_argument(
+        "--threads", type=int, help="torch threads per task (default: torch's; 1 on Ray's CPUs)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -64,7 +77,15 @@ def main(argv=None) -> int:
             return 0
         if args.command == "record":
             params = {c: book.default_parameters(c) for c in STUDY_CHAPTERS}
-            record_study(args.study, params, book.ROOT, args.device)
+            record_study(
+                args.study,
+                params,
+                book.ROOT,
+                args.device,
+                args.executor,
+                args.address,
+                args.threads,
+            )
             return 0
         return book.build(strict=not args.no_strict)
     except (book.PlanError, RuntimeError) as err:  # ExecutionError is a RuntimeError

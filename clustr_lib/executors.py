@@ -1,6 +1,7 @@
 """Executing a plan (:mod:`clustr_lib.plan`): every task still to do, one after another in this
 process (``local``) or as tasks on Ray (``ray``: a local instance, or a cluster at
-``address``), before papermill runs the notebooks, which then find everything recorded.
+``address``), before papermill runs the notebooks, which then find everything recorded; and
+recording a study seed after seed (:func:`record_study`, ``python -m clustr_lib record``).
 
 Every task writes into the one results cache through its per-run lock
 (:func:`clustr_lib.runs.run`), so two tasks, two drivers or two machines never train the same
@@ -12,6 +13,8 @@ that asked for it, and checks that the run it builds is the one planned.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import socket
 import tempfile
@@ -23,9 +26,12 @@ from tqdm.auto import tqdm
 
 from . import plan as planning
 from .checks import progress_enabled
+from .clock import count_suspensions
 from .files import weak_locks
 from .records import config_hash, load_run
 from .runs import run, run_config
+from .sources import STUDIES, study_sources, study_sources_of
+from .studies import record_seed
 
 EXECUTORS = ("local", "ray")
 
@@ -40,10 +46,13 @@ class Job:
     its source is rebuilt from."""
 
     task: dict
-    chapter: str
+    chapter: str | None  # the chapter that asked for it (None: a recorded study's task)
     params: dict
     output_dir: str
     threads: int | None = None
+    study: tuple | None = None  # a recorded study's task: its entry of STUDIES (definition,
+    # label, key), which the worker rebuilds its source from
+    device: str = "auto"  # a study's task: its device
 
 
 def jobs_of(found: planning.Plan, threads: int | None = None) -> list[Job]:
@@ -60,7 +69,15 @@ def jobs_of(found: planning.Plan, threads: int | None = None) -> list[Job]:
     order = {"run": 0, "shard": 2, "evaluation": 3}
     todo.sort(key=lambda t: order[t.kind] + (1 if t.kind == "run" and t.after else 0))
     return [
-        Job(asdict(t), t.chapters[0], found.parameters[t.chapters[0]], found.output_dir, threads)
+        Job(
+            asdict(t),
+            t.chapters[0] if t.chapters else None,
+            found.parameters[t.chapters[0]] if t.chapters else {},
+            found.output_dir,
+            threads,
+            STUDIES[found.study] if found.study else None,
+            found.device,
+        )
         for t in todo
     ]
 
@@ -72,8 +89,11 @@ def do(job: Job, *after) -> dict:
     if job.threads:
         torch.set_num_threads(int(job.threads))
     task = job.task
-    with planning.working_directory(Path(job.output_dir)):
-        found = planning.chapter_sources(job.chapter, job.params)
+    with planning.working_directory(Path(job.output_dir)), count_suspensions():
+        if job.study is not None:
+            found = study_sources_of(*job.study, repo_root=".", device=job.device)
+        else:
+            found = planning.chapter_sources(job.chapter, job.params)
         source = next(s for s in found if s.label == task["source"])
         config = run_config(
             source.dataset, task["method"], task["seed"], source.settings, source.data
@@ -174,7 +194,11 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
         raise ExecutionError(f"cannot reach a Ray cluster at {address!r}: {err}") from None
 
 
-def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
+@contextlib.contextmanager
+def ray_session(address: str | None = None):
+    """Ray, connected: to the cluster at ``address``, else a local instance started here (its
+    files in a short temporary folder, for the socket paths) and shut down on leaving; an
+    instance already connected is used as it is. Yields the ``ray`` module."""
     try:
         import ray
     except ImportError:
@@ -187,12 +211,20 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
         try:
             if address:
                 ray.init(address=address, log_to_driver=False)
-            else:  # a local instance, its files in a short temporary folder (socket paths)
+            else:
                 temp = os.environ.get("RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray", dir="/tmp")
                 ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=temp)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ExecutionError(f"cannot reach a Ray cluster at {address!r}: {err}") from None
     try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
+    with ray_session(address) as ray:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         heavy = sum(job.task.get("at_scale", False) for job in jobs)
         if heavy and not gpus and os.environ.get("CLUSTR_ALLOW_CPU") != "1":
@@ -200,6 +232,8 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
                 f"{heavy} task(s) at the paper's protocol need GPUs, and this Ray cluster has "
                 "none (CLUSTR_ALLOW_CPU=1 runs them on its CPUs: days, not hours)"
             )
+        if not gpus:  # Ray gives a task one CPU: one torch thread each unless told otherwise
+            jobs = [dataclasses.replace(job, threads=job.threads or 1) for job in jobs]
         remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=3, retry_exceptions=False)(do)
         refs, by_key, shards = [], {}, {}
         for job in jobs:  # a task waits for what it needs (ObjectRef arguments): its run, and
@@ -216,9 +250,6 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
             elif task["kind"] == "shard":
                 shards.setdefault(evaluation, []).append(ref)
         return _collect(ray, refs, progress)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _collect(ray, refs, progress: bool) -> list[dict]:
@@ -259,3 +290,56 @@ def _raise_failures(failed) -> None:
         for job, err in failed
     ]
     raise ExecutionError(f"{len(failed)} task(s) failed:\n" + "\n".join(lines))
+
+
+def record_study(
+    name: str,
+    chapter_params: dict,
+    repo_root=".",
+    device="auto",
+    executor: str = "local",
+    address: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """``python -m clustr_lib record NAME``: a recorded study (:data:`STUDIES`) seed after seed
+    — every run of the study and of its variants, then the evaluations made of them
+    (:func:`clustr_lib.studies.record_seed`) — so that a recording stopped at any time has
+    whole seeds. What is recorded is read; an interrupted run resumes from its checkpoint.
+
+    ``executor="ray"`` first spreads each seed's tasks still to do over Ray's workers
+    (:func:`clustr_lib.plan.study_plan`, :func:`execute`: one CPU and, by default, one torch
+    thread each — on 2 CPU cores, two single-threaded attacks do twice the work of one
+    two-threaded one — or one GPU each); the seed's pass here then only reads them. Locally,
+    each evaluation computed prints a line: its record's file and its wall time.
+
+    Suspend a recording with SIGTSTP (Ctrl-Z, ``kill -TSTP``; under Ray, its workers too)
+    rather than SIGSTOP: the time suspended is then not counted in the records' wall times
+    (:func:`clustr_lib.clock.count_suspensions`)."""
+    if executor not in EXECUTORS:
+        raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if address and executor != "ray":
+        raise ExecutionError("--address needs --executor ray")
+    definition = STUDIES[name][0]
+    every = study_sources(name, repo_root, device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    if executor == "ray":
+        check_address(address)
+    session = ray_session(address) if executor == "ray" else contextlib.nullcontext()
+    with count_suspensions(), session:  # one Ray session for every seed
+        for seeds in range(1, int(definition["seeds"]) + 1):
+            if executor != "local":
+                found = planning.study_plan(name, seeds, repo_root, device, chapter_params)
+                execute(found, executor, address, threads)
+            upto = [  # fresh lists of what each pass read and computed
+                dataclasses.replace(source, seeds=seeds, announce=True, loaded=[], computed=[])
+                for source in every
+            ]
+            record_seed(upto, definition, chapter_params)
+            for source in upto:
+                print(
+                    f"{source.label}, seeds 0–{seeds - 1}: runs in {source.results_dir}; "
+                    f"{len(source.loaded) + len(source.computed)} evaluations recorded "
+                    f"({len(source.computed)} computed now)",
+                    flush=True,
+                )

@@ -214,13 +214,16 @@ def describe(evaluation: str | None, params: dict | None) -> str:
 class Plan:
     """The tasks of a build of ``chapters`` at ``profile`` (``parameters``: each chapter's,
     its notebook's defaults with the profile's values; ``output_dir``: where its notebooks
-    run, which their relative paths start from)."""
+    run, which their relative paths start from). A recorded study's plan has no chapters: its
+    tasks rebuild their sources from ``study`` (:func:`study_plan`)."""
 
     profile: str
     chapters: list
     tasks: list
     parameters: dict = field(default_factory=dict)
     output_dir: str = "."
+    study: str | None = None  # a recorded study's plan (:func:`study_plan`): its name
+    device: str = "auto"  # the device its tasks run on
 
     def frame(self) -> pd.DataFrame:
         """One row per task, in the order the chapters ask for them."""
@@ -291,6 +294,27 @@ class Plan:
             if len(todo):
                 lines += ["", "To do:", todo.drop(columns="recorded").to_string(index=False)]
         return "\n".join(lines)
+
+
+def study_plan(name: str, seeds: int, repo_root=".", device="auto", chapter_params=None) -> Plan:
+    """The plan of a recorded study's (:data:`clustr_lib.sources.STUDIES`) first ``seeds``
+    seeds: what :func:`clustr_lib.studies.record_seed` makes of them, listed, not made — so
+    that an executor can spread them over workers (``record --executor ray``)."""
+    definition = sources.STUDIES[name][0]
+    planner = Planner()
+    upto = [
+        dataclasses.replace(source, seeds=seeds, planner=planner)
+        for source in sources.study_sources(name, repo_root, device)
+    ]
+    studies.record_seed(upto, definition, chapter_params or {})
+    return Plan(
+        profile=f"record {name}",
+        chapters=[],
+        tasks=list(planner.tasks.values()),
+        output_dir=str(Path(repo_root).resolve()),
+        study=name,
+        device=str(device),
+    )
 
 
 def recorded_only(sources, measure):

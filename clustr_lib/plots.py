@@ -624,8 +624,7 @@ def attack_dots(comparison, sources):
     if len(radii) > 1:
         raise ValueError(f"attack_dots draws one radius; got ε·255 = {sorted(radii)}")
     sources = [s for s in sources if s.label in set(comparison["source"])]  # with rows only
-    colours = METHOD_COLOURS
-    methods = [m for m in colours if m in set(comparison["method"])]
+    methods = [m for m in METHOD_COLOURS if m in set(comparison["method"])]
     names = {label: key for key, label in ATTACK_LABELS.items()}
     fig, axes = _source_panels(sources, 0.4 * len(AUDIT_ROWS) + 1.2, width=7.5)
     for ax, s in zip(axes[:, 0], sources):
@@ -640,7 +639,7 @@ def attack_dots(comparison, sources):
                 y = AUDIT_ROWS.index(row) + offset
                 lo, mean, hi = g["robust"].min(), g["robust"].mean(), g["robust"].max()
                 ax.errorbar(
-                    [mean], [y], xerr=[[mean - lo], [hi - mean]], color=colours[method],
+                    [mean], [y], xerr=[[mean - lo], [hi - mean]], color=METHOD_COLOURS[method],
                     marker=RULE_MARKERS.get(marker, "D"), markersize=6, linestyle="none",
                     capsize=2, label=f"{method}|{marker}",
                 )  # fmt: skip
@@ -654,7 +653,7 @@ def attack_dots(comparison, sources):
         at = f" at ε = {next(iter(radii)):g}/255" if radii else ""
         _title(ax, s.label, own, f"every attack{at}")
         method_keys = [
-            plt.Line2D([], [], color=colours[m], marker="s", linestyle="none", label=m)
+            plt.Line2D([], [], color=METHOD_COLOURS[m], marker="s", linestyle="none", label=m)
             for m in shown
         ]
         rule_keys = [

@@ -432,7 +432,13 @@ def study_sources(name: str, repo_root=".", device="auto") -> list[Source]:
     ClusTR + QTRADES in our ``logprob`` form) is recorded in ``<results>-<variant>``."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
-    study, label, key = STUDIES[name]
+    return study_sources_of(*STUDIES[name], repo_root=repo_root, device=device)
+
+
+def study_sources_of(study: dict, label: str, key: str, repo_root=".", device="auto") -> list:
+    """:func:`study_sources` of a study given by its entry of :data:`STUDIES`: its definition,
+    its label and its key (a worker rebuilds a study's sources from it,
+    :func:`clustr_lib.executors.do`)."""
     dataset = study.get("dataset", "digits32")
     main = {"overrides": {}, "methods": study.get("methods")}  # None: every method
     variants = {None: main, **study.get("variants", {})}

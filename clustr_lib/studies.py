@@ -13,12 +13,9 @@ functions return plain JSON, per source, that a chapter records and
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
-from .clock import count_suspensions
 from .evaluations import tiny_share
 from .protocol import (
     CLUSTER_METHODS,
@@ -28,7 +25,7 @@ from .protocol import (
     magnet_alpha,
     shard_params,
 )
-from .sources import EVALUATION_CHAPTERS, STUDIES, study_sources
+from .sources import EVALUATION_CHAPTERS
 
 MASKING_MARGIN = 2.0  # accuracy points by which one attack must beat another to count
 COLLAPSE_MARGIN = 10.0  # points k-means + Eq. 4 must lose against the head to "collapse"
@@ -581,39 +578,21 @@ def study_evaluations(source, params: dict) -> dict:
     return frames
 
 
-def record_study(name: str, chapter_params: dict, repo_root=".", device="auto") -> None:
-    """``python -m clustr_lib record NAME``: a recorded CPU study
-    (:data:`clustr_lib.sources.STUDIES`) seed after seed — every run of the study and of its
-    variants, then the evaluations made of them (a study's ``audit``,
-    :func:`dataset_audit`; chapters 7–11's, :func:`study_evaluations`, with
-    ``chapter_params``) — so that a recording stopped at any time has whole seeds. An audit
-    covers every source of the seed at once, radius by radius (:func:`dataset_audit`), so that
-    the paper's ε is recorded for every method before the next radius. What is recorded is
-    read; an interrupted run resumes from its checkpoint. Each evaluation computed prints a
-    line: its record's file and its wall time. Suspend it with SIGTSTP (Ctrl-Z,
-    ``kill -TSTP``) rather than SIGSTOP: the time it is suspended is then not counted in the
-    records' wall times (:func:`clustr_lib.clock.count_suspensions`)."""
-    with count_suspensions():
-        _record_seeds(STUDIES[name][0], study_sources(name, repo_root, device), chapter_params)
-
-
-def _record_seeds(definition: dict, every: list, chapter_params: dict) -> None:
-    """:func:`record_study`'s work: seed after seed, runs, then the evaluations."""
-    for seeds in range(1, int(definition["seeds"]) + 1):
-        upto = [dataclasses.replace(source, seeds=seeds, announce=True) for source in every]
+def record_seed(upto: list, definition: dict, chapter_params: dict) -> None:
+    """What a recorded study (:data:`clustr_lib.sources.STUDIES`) makes of its sources ``upto``
+    (the seeds so far): every run, then the evaluations made of them — the study's ``audit``
+    (:func:`dataset_audit`: every source at once, radius by radius, so that the paper's ε is
+    recorded for every method before the next radius) or chapters 7–11's
+    (:func:`study_evaluations`, with ``chapter_params``). On planning sources it lists them
+    (:func:`clustr_lib.plan.study_plan`); :func:`clustr_lib.executors.record_study` records
+    them seed after seed."""
+    for source in upto:
+        source.runs()
+    if "audit" in definition:
+        dataset_audit(upto, definition["audit"])
+    if definition.get("evaluated_by_chapters", False):
         for source in upto:
-            source.runs()
-        if "audit" in definition:
-            dataset_audit(upto, definition["audit"])
-        for source in upto:
-            if definition.get("evaluated_by_chapters", False):
-                study_evaluations(source, chapter_params)
-            print(
-                f"{source.label}, seeds 0–{seeds - 1}: runs in {source.results_dir}; "
-                f"{len(source.loaded) + len(source.computed)} evaluations recorded "
-                f"({len(source.computed)} computed now)",
-                flush=True,
-            )
+            study_evaluations(source, chapter_params)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Executing a plan (issue 16): here one task after another, or as tasks on a real local Ray
 instance; both record each run once, with the same weights and metrics."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clustr_lib import evaluations, executors, files, plan, studies
+from clustr_lib import evaluations, executors, files, plan, sources, studies
 from clustr_lib.train import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,13 +65,14 @@ def tiny_plan(folder, train_size=200, **overrides) -> plan.Plan:
     )
 
 
-def recorded(folder) -> dict:
-    """Run → (a SHA-256 of its trained tensors, its metrics) for every run recorded under
-    ``folder`` (the weights file's own hash also covers its wall-clock training time)."""
+def recorded(folder, results="results") -> dict:
+    """Run → (a SHA-256 of its trained tensors, its metrics) for every run recorded in
+    ``folder / results`` (the weights file's own hash also covers its wall-clock training
+    time)."""
     out = {}
-    for path in sorted((folder / "results").glob("*.json")):
+    for path in sorted((folder / results).glob("*.json")):
         record = json.loads(path.read_text())
-        state = torch.load(folder / "results" / "models" / f"{path.stem}.pt", weights_only=True)
+        state = torch.load(folder / results / "models" / f"{path.stem}.pt", weights_only=True)
         digest = hashlib.sha256()
         for name, tensor in sorted(state["model"].items()):
             digest.update(name.encode() + tensor.cpu().contiguous().numpy().tobytes())
@@ -78,11 +80,11 @@ def recorded(folder) -> dict:
     return out
 
 
-def evaluations_of(folder) -> dict:
+def evaluations_of(folder, results="results") -> dict:
     """Evaluation (its run and parameters) → metrics; the file's hash covers the run's
     creation time, so it is left out."""
     out = {}
-    for path in sorted((folder / "results" / "evaluations").glob("*.json")):
+    for path in sorted((folder / results / "evaluations").glob("*.json")):
         record = json.loads(path.read_text())
         what = (path.name.rsplit("-", 1)[0], json.dumps(record["key"]["params"], sort_keys=True))
         out[what] = record["metrics"]
@@ -330,3 +332,66 @@ def test_two_drivers_started_together_on_one_plan_train_each_run_once(tmp_path):
     assert all(on_disk[run] == sha for run, sha in {**first, **second}.items())
     assert all(first[run] == second[run] for run in set(first) & set(second))
     assert len(list((tmp_path / "results" / "evaluations").glob("*.json"))) == 1
+
+
+TINY_STUDY = {  # a recorded study in miniature: two methods, two seeds, one radius
+    "dataset": "digits32",
+    "train_size": 200,
+    "seeds": 2,
+    "results": "tiny",
+    "methods": ["nominal", "clustr"],
+    "overrides": {**TINY, "eval_size": 6},
+    "audit": {
+        "eps": [8 / 255],
+        "rules": ["official", "any_restart"],
+        "gradient_objectives": ["ce"],
+    },
+}
+# Its evaluations per seed: PGD under the 2 rules with −log p_y and the margin on nominal and 4
+# objectives on ClusTR, less those the runs record themselves (−log p_y, and the paper's on
+# ClusTR, under the official rule); AutoAttack and Square alone on both; one input-gradient
+# evaluation each; score underflow and the certificate on ClusTR.
+TINY_STUDY_EVALUATIONS = (2 + 4) * 2 - 3 + 2 * 2 + 2 + 1 + 1
+
+
+@pytest.fixture
+def tiny_study(monkeypatch):
+    monkeypatch.setitem(sources.STUDIES, "tiny", (TINY_STUDY, "tiny study", "tiny"))
+    return "tiny"
+
+
+def computed_now(output: str) -> list[int]:
+    """The '(N computed now)' counts of a recording's per-seed lines."""
+    return [
+        int(line.rsplit("(", 1)[1].split()[0]) for line in output.splitlines() if "now)" in line
+    ]
+
+
+def test_a_study_plan_lists_everything_its_recording_makes(tmp_path, tiny_study):
+    """A seed's plan, executed, leaves the recording's own pass of that seed nothing to make."""
+    torch.set_num_threads(1)
+    found = plan.study_plan(tiny_study, 1, tmp_path, "cpu")
+    kinds = [t.kind for t in found.tasks]
+    assert kinds.count("run") == 2 and kinds.count("evaluation") == TINY_STUDY_EVALUATIONS
+    assert not any(t.recorded for t in found.tasks)
+    executors.execute(found, "local", progress=False)
+    assert all(t.recorded for t in plan.study_plan(tiny_study, 1, tmp_path, "cpu").tasks)
+    upto = [dataclasses.replace(s, seeds=1) for s in sources.study_sources(tiny_study, tmp_path)]
+    studies.record_seed(upto, TINY_STUDY, {})
+    assert [s.computed for s in upto] == [[]]
+    assert len(upto[0].loaded) == TINY_STUDY_EVALUATIONS
+
+
+def test_a_study_recorded_on_ray_is_the_one_recorded_here(tmp_path, tiny_study, capsys):
+    pytest.importorskip("ray")
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    torch.set_num_threads(1)
+    executors.record_study(tiny_study, {}, local, "cpu")
+    assert computed_now(capsys.readouterr().out) == [TINY_STUDY_EVALUATIONS] * 2
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    executors.record_study(tiny_study, {}, distributed, "cpu", executor="ray")
+    assert computed_now(capsys.readouterr().out) == [0, 0]  # Ray's workers made them all
+    results = "results/tiny"
+    assert recorded(distributed, results) == recorded(local, results)  # same weights, metrics
+    assert evaluations_of(distributed, results) == evaluations_of(local, results)
+    assert len(evaluations_of(local, results)) == 2 * TINY_STUDY_EVALUATIONS
