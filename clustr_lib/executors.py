@@ -312,7 +312,8 @@ def record_study(
     two-threaded one — or one GPU each); the seed's pass here then only reads them. Locally,
     each evaluation computed prints a line: its record's file and its wall time.
 
-    Suspend a recording with SIGTSTP (Ctrl-Z, ``kill -TSTP``; under Ray, its workers too)
+    Suspend a recording with SIGTSTP (Ctrl-Z, ``kill -TSTP``; under Ray, its workers too:
+    ``pkill -TSTP -f "^ray::(do|IDLE)"``)
     rather than SIGSTOP: the time suspended is then not counted in the records' wall times
     (:func:`clustr_lib.clock.count_suspensions`)."""
     if executor not in EXECUTORS:
