@@ -22,6 +22,8 @@ The layer above it:
 * :mod:`clustr_lib.paper`, :mod:`clustr_lib.verdicts` — the paper's numbers and claims, verdicts
 * :mod:`clustr_lib.report`, :mod:`clustr_lib.tables`, :mod:`clustr_lib.plots` — book-facing
 * :mod:`clustr_lib.book` — the papermill batch and the book build (``python -m clustr_lib``)
+* :mod:`clustr_lib.plan`, :mod:`clustr_lib.executors`, :mod:`clustr_lib.recording` — a build's
+  or a study's tasks, executed here or on Ray; a study recorded seed after seed
 """
 
 __version__ = "0.1.0"

@@ -10,8 +10,9 @@ import json
 import sys
 
 from . import book
-from .executors import EXECUTORS, ExecutionError, execute, record_study
+from .executors import EXECUTORS, ExecutionError, execute
 from .plan import make_plan
+from .recording import record_study
 from .sources import STUDIES
 from .studies import STUDY_CHAPTERS
 

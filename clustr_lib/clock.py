@@ -33,8 +33,8 @@ def suspended_seconds() -> float:
 
 
 def _suspend(signum, frame) -> None:
-    """SIGTSTP: stop the process as the default action would, and count the time until it is
-    continued."""
+    """SIGTSTP: stop the process (with SIGSTOP, which stops it even where the default action
+    would not, e.g. in an orphaned process group), and count the time until it is continued."""
     global _suspended
     start = time.perf_counter()
     previous = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
@@ -48,8 +48,13 @@ def _suspend(signum, frame) -> None:
 @contextlib.contextmanager
 def count_suspensions():
     """Within the block, catch SIGTSTP so that suspended time is not counted by
-    :func:`seconds` (a no-op off the main thread and where there is no SIGTSTP)."""
-    if not hasattr(signal, "SIGTSTP") or threading.current_thread() is not threading.main_thread():
+    :func:`seconds`. A no-op off the main thread, where there is no SIGTSTP, and where it is
+    ignored. (A SIGTSTP that arrives just as the block ends may be dropped by Python.)"""
+    if (
+        not hasattr(signal, "SIGTSTP")
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTSTP) == signal.SIG_IGN
+    ):
         yield
         return
     previous = signal.signal(signal.SIGTSTP, _suspend)

@@ -1,7 +1,7 @@
 """Executing a plan (:mod:`clustr_lib.plan`): every task still to do, one after another in this
 process (``local``) or as tasks on Ray (``ray``: a local instance, or a cluster at
-``address``), before papermill runs the notebooks, which then find everything recorded; and
-recording a study seed after seed (:func:`record_study`, ``python -m clustr_lib record``).
+``address``), before papermill runs the notebooks, which then find everything recorded (and, for
+:mod:`clustr_lib.recording`, a recorded study's plan, seed by seed).
 
 Every task writes into the one results cache through its per-run lock
 (:func:`clustr_lib.runs.run`), so two tasks, two drivers or two machines never train the same
@@ -30,8 +30,7 @@ from .clock import count_suspensions
 from .files import weak_locks
 from .records import config_hash, load_run
 from .runs import run, run_config
-from .sources import STUDIES, study_sources, study_sources_of
-from .studies import record_seed
+from .sources import STUDIES, study_sources_of
 
 EXECUTORS = ("local", "ray")
 
@@ -232,8 +231,9 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
                 f"{heavy} task(s) at the paper's protocol need GPUs, and this Ray cluster has "
                 "none (CLUSTR_ALLOW_CPU=1 runs them on its CPUs: days, not hours)"
             )
-        if not gpus:  # Ray gives a task one CPU: one torch thread each unless told otherwise
+        if not gpus:  # a CPU task asks for one CPU per torch thread (1 unless told otherwise)
             jobs = [dataclasses.replace(job, threads=job.threads or 1) for job in jobs]
+        most_cpus = int(ray.cluster_resources().get("CPU", 1))  # more could never be granted
         remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=3, retry_exceptions=False)(do)
         refs, by_key, shards = [], {}, {}
         for job in jobs:  # a task waits for what it needs (ObjectRef arguments): its run, and
@@ -243,7 +243,8 @@ def _ray(jobs: list[Job], address: str | None, progress: bool) -> list[dict]:
             evaluation = (task["run"], task["evaluation"], repr(task["params"]))
             if task["kind"] == "evaluation":
                 waits += shards.get(evaluation, [])
-            ref = remote.remote(job, *waits)
+            cpus = 1 if gpus else max(1, min(int(job.threads), most_cpus))
+            ref = remote.options(num_cpus=cpus).remote(job, *waits)
             refs.append((job, ref))
             if task["kind"] == "run":
                 by_key[task["run"]] = ref
@@ -290,57 +291,3 @@ def _raise_failures(failed) -> None:
         for job, err in failed
     ]
     raise ExecutionError(f"{len(failed)} task(s) failed:\n" + "\n".join(lines))
-
-
-def record_study(
-    name: str,
-    chapter_params: dict,
-    repo_root=".",
-    device="auto",
-    executor: str = "local",
-    address: str | None = None,
-    threads: int | None = None,
-) -> None:
-    """``python -m clustr_lib record NAME``: a recorded study (:data:`STUDIES`) seed after seed
-    — every run of the study and of its variants, then the evaluations made of them
-    (:func:`clustr_lib.studies.record_seed`) — so that a recording stopped at any time has
-    whole seeds. What is recorded is read; an interrupted run resumes from its checkpoint.
-
-    ``executor="ray"`` first spreads each seed's tasks still to do over Ray's workers
-    (:func:`clustr_lib.plan.study_plan`, :func:`execute`: one CPU and, by default, one torch
-    thread each — on 2 CPU cores, two single-threaded attacks do twice the work of one
-    two-threaded one — or one GPU each); the seed's pass here then only reads them. Locally,
-    each evaluation computed prints a line: its record's file and its wall time.
-
-    Suspend a recording with SIGTSTP (Ctrl-Z, ``kill -TSTP``; under Ray, its workers too:
-    ``pkill -TSTP -f "^ray::(do|IDLE)"``)
-    rather than SIGSTOP: the time suspended is then not counted in the records' wall times
-    (:func:`clustr_lib.clock.count_suspensions`)."""
-    if executor not in EXECUTORS:
-        raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-    if address and executor != "ray":
-        raise ExecutionError("--address needs --executor ray")
-    definition = STUDIES[name][0]
-    every = study_sources(name, repo_root, device)
-    if threads:
-        torch.set_num_threads(int(threads))
-    if executor == "ray":
-        check_address(address)
-    session = ray_session(address) if executor == "ray" else contextlib.nullcontext()
-    with count_suspensions(), session:  # one Ray session for every seed
-        for seeds in range(1, int(definition["seeds"]) + 1):
-            if executor != "local":
-                found = planning.study_plan(name, seeds, repo_root, device, chapter_params)
-                execute(found, executor, address, threads)
-            upto = [  # fresh lists of what each pass read and computed
-                dataclasses.replace(source, seeds=seeds, announce=True, loaded=[], computed=[])
-                for source in every
-            ]
-            record_seed(upto, definition, chapter_params)
-            for source in upto:
-                print(
-                    f"{source.label}, seeds 0–{seeds - 1}: runs in {source.results_dir}; "
-                    f"{len(source.loaded) + len(source.computed)} evaluations recorded "
-                    f"({len(source.computed)} computed now)",
-                    flush=True,
-                )

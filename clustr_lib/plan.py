@@ -223,7 +223,7 @@ class Plan:
     parameters: dict = field(default_factory=dict)
     output_dir: str = "."
     study: str | None = None  # a recorded study's plan (:func:`study_plan`): its name
-    device: str = "auto"  # the device its tasks run on
+    device: str = "auto"  # a study's plan: the device its tasks run on
 
     def frame(self) -> pd.DataFrame:
         """One row per task, in the order the chapters ask for them."""

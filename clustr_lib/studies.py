@@ -581,11 +581,11 @@ def study_evaluations(source, params: dict) -> dict:
 def record_seed(upto: list, definition: dict, chapter_params: dict) -> None:
     """What a recorded study (:data:`clustr_lib.sources.STUDIES`) makes of its sources ``upto``
     (the seeds so far): every run, then the evaluations made of them — the study's ``audit``
-    (:func:`dataset_audit`: every source at once, radius by radius, so that the paper's ε is
-    recorded for every method before the next radius) or chapters 7–11's
-    (:func:`study_evaluations`, with ``chapter_params``). On planning sources it lists them
-    (:func:`clustr_lib.plan.study_plan`); :func:`clustr_lib.executors.record_study` records
-    them seed after seed."""
+    (:func:`dataset_audit`: every source at once, radius by radius, so that a recording made
+    one task after another has the paper's ε for every method before the next radius) or
+    chapters 7–11's (:func:`study_evaluations`, with ``chapter_params``). On planning sources
+    it lists them (:func:`clustr_lib.plan.study_plan`); :func:`clustr_lib.recording.record_study`
+    records them seed after seed."""
     for source in upto:
         source.runs()
     if "audit" in definition:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clustr_lib import evaluations, executors, files, plan, sources, studies
+from clustr_lib import evaluations, executors, files, plan, recording, sources, studies
 from clustr_lib.train import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,6 +341,7 @@ TINY_STUDY = {  # a recorded study in miniature: two methods, two seeds, one rad
     "results": "tiny",
     "methods": ["nominal", "clustr"],
     "overrides": {**TINY, "eval_size": 6},
+    "variants": {"v": {"methods": ["clustr"], "overrides": {"qtrades_form": "logprob"}}},
     "audit": {
         "eps": [8 / 255],
         "rules": ["official", "any_restart"],
@@ -350,8 +351,10 @@ TINY_STUDY = {  # a recorded study in miniature: two methods, two seeds, one rad
 # Its evaluations per seed: PGD under the 2 rules with −log p_y and the margin on nominal and 4
 # objectives on ClusTR, less those the runs record themselves (−log p_y, and the paper's on
 # ClusTR, under the official rule); AutoAttack and Square alone on both; one input-gradient
-# evaluation each; score underflow and the certificate on ClusTR.
+# evaluation each; score underflow and the certificate on ClusTR. The variant (in
+# results/tiny-v) has its own ClusTR run, from its own nominal warm start, and its audit.
 TINY_STUDY_EVALUATIONS = (2 + 4) * 2 - 3 + 2 * 2 + 2 + 1 + 1
+TINY_VARIANT_EVALUATIONS = 4 * 2 - 2 + 2 + 1 + 1 + 1
 
 
 @pytest.fixture
@@ -372,26 +375,30 @@ def test_a_study_plan_lists_everything_its_recording_makes(tmp_path, tiny_study)
     torch.set_num_threads(1)
     found = plan.study_plan(tiny_study, 1, tmp_path, "cpu")
     kinds = [t.kind for t in found.tasks]
-    assert kinds.count("run") == 2 and kinds.count("evaluation") == TINY_STUDY_EVALUATIONS
+    assert kinds.count("run") == 2 + 1  # the variant's ClusTR trains its own warm start
+    assert kinds.count("evaluation") == TINY_STUDY_EVALUATIONS + TINY_VARIANT_EVALUATIONS
     assert not any(t.recorded for t in found.tasks)
     executors.execute(found, "local", progress=False)
     assert all(t.recorded for t in plan.study_plan(tiny_study, 1, tmp_path, "cpu").tasks)
     upto = [dataclasses.replace(s, seeds=1) for s in sources.study_sources(tiny_study, tmp_path)]
     studies.record_seed(upto, TINY_STUDY, {})
-    assert [s.computed for s in upto] == [[]]
-    assert len(upto[0].loaded) == TINY_STUDY_EVALUATIONS
+    assert [s.computed for s in upto] == [[], []]
+    assert [len(s.loaded) for s in upto] == [TINY_STUDY_EVALUATIONS, TINY_VARIANT_EVALUATIONS]
 
 
-def test_a_study_recorded_on_ray_is_the_one_recorded_here(tmp_path, tiny_study, capsys):
+def test_a_study_recorded_on_ray_is_the_one_recorded_here(
+    tmp_path, tiny_study, capsys, monkeypatch
+):
     pytest.importorskip("ray")
     local, distributed = tmp_path / "local", tmp_path / "ray"
     torch.set_num_threads(1)
-    executors.record_study(tiny_study, {}, local, "cpu")
-    assert computed_now(capsys.readouterr().out) == [TINY_STUDY_EVALUATIONS] * 2
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    executors.record_study(tiny_study, {}, distributed, "cpu", executor="ray")
-    assert computed_now(capsys.readouterr().out) == [0, 0]  # Ray's workers made them all
-    results = "results/tiny"
-    assert recorded(distributed, results) == recorded(local, results)  # same weights, metrics
-    assert evaluations_of(distributed, results) == evaluations_of(local, results)
-    assert len(evaluations_of(local, results)) == 2 * TINY_STUDY_EVALUATIONS
+    recording.record_study(tiny_study, {}, local, "cpu")
+    per_seed = [TINY_STUDY_EVALUATIONS, TINY_VARIANT_EVALUATIONS]  # a line per seed and source
+    assert computed_now(capsys.readouterr().out) == per_seed * 2
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    recording.record_study(tiny_study, {}, distributed, "cpu", executor="ray")
+    assert computed_now(capsys.readouterr().out) == [0] * 4  # Ray's workers made them all
+    for results, count in zip(("results/tiny", "results/tiny-v"), per_seed):
+        assert recorded(distributed, results) == recorded(local, results)  # weights, metrics
+        assert evaluations_of(distributed, results) == evaluations_of(local, results)
+        assert len(evaluations_of(local, results)) == 2 * count

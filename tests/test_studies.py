@@ -7,7 +7,7 @@ import signal
 import pandas as pd
 import pytest
 
-from clustr_lib import executors, protocol, studies
+from clustr_lib import clock, protocol, recording, studies
 
 
 def calibration_frame(rows):
@@ -144,7 +144,7 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
         sources.Source,
         "runs",
         lambda self, *a, **k: calls.append(
-            ("runs", self.name, self.seeds, signal.getsignal(signal.SIGTSTP) != signal.SIG_DFL)
+            ("runs", self.name, self.seeds, signal.getsignal(signal.SIGTSTP) is handler)
         ),
     )
     monkeypatch.setattr(
@@ -152,7 +152,9 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
         "dataset_audit",
         lambda srcs, audit: calls.append(("audit", *[(s.name, s.seeds) for s in srcs])),
     )
-    executors.record_study("tiny", {}, tmp_path, "cpu")
+    with clock.count_suspensions():  # the handler the recording installs
+        handler = signal.getsignal(signal.SIGTSTP)
+    recording.record_study("tiny", {}, tmp_path, "cpu")
     assert calls == [  # each seed's audit takes every source at once (radius by radius)
         ("runs", "tiny", 1, True),  # True: SIGTSTP is caught (time suspended not counted)
         ("runs", "tiny_v", 1, True),
