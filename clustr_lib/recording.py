@@ -36,10 +36,11 @@ def record_study(
     two-threaded one — or one GPU each); the seed's pass here then only reads them. Locally,
     each evaluation computed prints a line: its record's file and its wall time.
 
-    Suspend a recording with SIGTSTP (Ctrl-Z, ``kill -TSTP``; under Ray, its workers too:
-    ``pkill -TSTP -f "^ray::(do|IDLE)"``)
-    rather than SIGSTOP: the time suspended is then not counted in the records' wall times
-    (:func:`clustr_lib.clock.count_suspensions`)."""
+    Suspend a recording made here with SIGTSTP (Ctrl-Z, ``kill -TSTP``) rather than SIGSTOP:
+    the time suspended is then not counted in the records' wall times
+    (:func:`clustr_lib.clock.count_suspensions`). Under Ray, stop it and start it again instead:
+    Ray takes a suspended worker for dead (its task is retried: a run resumes from its last
+    epoch, an evaluation starts again)."""
     if executor not in EXECUTORS:
         raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     if address and executor != "ray":
