@@ -816,11 +816,17 @@ def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
     """Chapter 10's plain answer for one model (mean robust accuracies, %): how many points
     AutoAttack breaks beyond PGD on −log p_y (``beyond_ce``: gradient masking that a sound
     objective does not get past) and beyond the paper's PGD (``beyond_paper``), and a sentence
-    (``masking``) judging the first against :data:`MASKING_MARGIN` (the paper's PGD against
-    the strongest attack is the audit's ``shape``)."""
+    (``masking``) judging the first against :data:`MASKING_MARGIN` — a question PGD on
+    −log p_y leaves open only if it leaves more than that margin robust (the paper's PGD
+    against the strongest attack is the audit's ``shape``)."""
     beyond_ce, beyond_paper = ce - autoattack, paper - autoattack
     if beyond_ce != beyond_ce:  # NaN: no AutoAttack recorded for this source
         text = "AutoAttack is not recorded for this source"
+    elif ce <= MASKING_MARGIN:
+        text = (
+            f"PGD on −log p_y already leaves only {ce:.1f}% robust, so AutoAttack has too little "
+            "left to break for a sign of masking either way"
+        )
     elif beyond_ce > MASKING_MARGIN:
         text = (
             f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y, more than the "

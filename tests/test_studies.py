@@ -58,6 +58,9 @@ def test_the_masking_answer_compares_autoattack_with_pgd_on_a_sound_objective():
     assert sound["masking"].startswith("AutoAttack breaks no more than PGD on −log p_y")
     assert "over-states" not in sound["masking"]  # the audit's shape says that
     assert "not recorded" in studies.masking_answer(50.0, 49.0, float("nan"))["masking"]
+    broken = studies.masking_answer(paper=15.0, ce=0.0, autoattack=0.0)  # nothing left to mask
+    assert broken["beyond_paper"] == 15.0 and "too little left" in broken["masking"]
+    assert "not masked" not in broken["masking"] and "gradient masking" not in broken["masking"]
 
 
 def test_the_fashion32_study_is_four_methods_and_the_logprob_variant_at_its_cpu_scale(
