@@ -17,6 +17,20 @@ from .sources import STUDIES
 from .studies import STUDY_CHAPTERS
 
 
+def add_execution_options(command, executors_help: str) -> None:
+    """``--executor``, ``--address`` and ``--threads`` of a command that executes tasks."""
+    command.add_argument(
+        "--executor",
+        default="local",
+        choices=EXECUTORS,
+        help=f"{executors_help} (default: %(default)s)",
+    )
+    command.add_argument("--address", help="with --executor ray: a Ray cluster (e.g. auto)")
+    command.add_argument(
+        "--threads", type=int, help="torch threads per task (default: torch's; 1 on Ray's CPUs)"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clustr_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,16 +41,10 @@ def main(argv=None) -> int:
         help="parameter profile from notebooks/profiles.yml (default: %(default)s)",
     )
     run.add_argument("--only", nargs="+", metavar="CHAPTER", help="run only these chapters")
-    run.add_argument(
-        "--executor",
-        default="local",
-        choices=EXECUTORS,
-        help="local: the notebooks train and evaluate what they need, one after another; ray: "
-        "first every missing run and evaluation of the plan as tasks on Ray (default: %(default)s)",
-    )
-    run.add_argument("--address", help="with --executor ray: a Ray cluster (e.g. auto)")
-    run.add_argument(
-        "--threads", type=int, help="torch threads per task (default: torch's; 1 on Ray's CPUs)"
+    add_execution_options(
+        run,
+        "local: the notebooks train and evaluate what they need, one after another; ray: first "
+        "every missing run and evaluation of the plan as tasks on Ray",
     )
     plan = sub.add_parser(
         "plan", help="list the runs and evaluations a build needs, recorded or not (runs nothing)"
@@ -50,16 +58,10 @@ def main(argv=None) -> int:
     record = sub.add_parser("record", help="train (or read) every run of a recorded study")
     record.add_argument("study", choices=sorted(STUDIES), help="the study")
     record.add_argument("--device", default="auto", help="cpu, cuda, … (default: %(default)s)")
-    record.add_argument(
-        "--executor",
-        default="local",
-        choices=EXECUTORS,
-        help="local: one task after another here; ray: each seed's tasks spread over Ray's "
-        "workers, one CPU (or GPU) each (default: %(default)s)",
-    )
-    record.add_argument("--address", help="with --executor ray: a Ray cluster (e.g. auto)")
-    record.add_argument(
-        "--threads", type=int, help="torch threads per task (default: torch's; 1 on Ray's CPUs)"
+    add_execution_options(
+        record,
+        "local: one task after another here; ray: each seed's tasks spread over Ray's workers, "
+        "one CPU (or GPU) each",
     )
     args = parser.parse_args(argv)
     try:
