@@ -497,9 +497,20 @@ def _of(frame, source: str):
     return frame[frame["source"] == source]
 
 
+def seeds_text(frame) -> str:
+    """How many seeds a figure's points average: ``"3 seeds"``, or ``"1–2 seeds"`` when its
+    methods and attacks (a recording under way) have different numbers recorded."""
+    if not len(frame):
+        return "0 seeds"
+    keys = [c for c in ("method", "attack") if c in frame]
+    counts = frame.groupby(keys)["seed"].nunique() if keys else frame["seed"].agg(["nunique"])
+    low, high = int(counts.min()), int(counts.max())
+    count = f"{low}" if low == high else f"{low}–{high}"
+    return f"{count} seed" + ("" if high == 1 else "s")
+
+
 def _title(ax, label: str, frame, what: str) -> None:
-    seeds = frame["seed"].nunique() if len(frame) else 0
-    ax.set_title(f"{label}: {what} ({seeds} seed(s))", fontsize=10)
+    ax.set_title(f"{label}: {what} ({seeds_text(frame)})", fontsize=10)
 
 
 def _mark_reported(ax, points, label: str = "paper (reported)") -> None:

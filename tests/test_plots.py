@@ -69,7 +69,7 @@ def test_eps_figure_marks_table4_on_the_paper_source_only():
     table4 = paper.table4("cifar10")
     assert marked(top, "paper (reported)")[:, 1] == pytest.approx([v[1] for v in table4.values()])
     assert list(top.lines[0].get_ydata()) == [81.0, 61.0]  # mean over the two seeds
-    assert "1 seed(s)" not in top.get_title() and "2 seed(s)" in top.get_title()
+    assert "1 seed" not in top.get_title() and "(2 seeds)" in top.get_title()
 
 
 def test_d_figure_marks_the_papers_best_point_and_the_tables_d():
@@ -277,3 +277,12 @@ def test_audit_dots_put_each_attack_on_its_row_at_the_mean_over_seeds():
     two_radii = pd.DataFrame(rows).assign(eps_255=[8.0, 25.5] * (len(rows) // 2))
     with pytest.raises(ValueError, match="one radius"):
         plots.attack_dots(two_radii, SOURCES)
+
+
+def test_a_title_says_how_many_seeds_each_point_averages():
+    full = pd.DataFrame({"method": ["a", "a", "b", "b"], "attack": "x", "seed": [0, 1, 0, 1]})
+    assert plots.seeds_text(full) == "2 seeds"
+    under_way = full.iloc[:3]  # method b has only seed 0 so far
+    assert plots.seeds_text(under_way) == "1–2 seeds"
+    assert plots.seeds_text(full[full["seed"] == 0]) == "1 seed"
+    assert plots.seeds_text(pd.DataFrame({"seed": [0, 1, 2]})) == "3 seeds"

@@ -155,7 +155,7 @@ def test_paper_vs_ours_figure_stacks_one_panel_per_source():
     fig.canvas.draw()
     top, bottom = fig.axes
     assert top.get_position().y0 > bottom.get_position().y1  # stacked vertically
-    assert top.get_title().startswith("cifar10: PGD-100") and "2 seed(s)" in top.get_title()
+    assert top.get_title().startswith("cifar10: PGD-100") and "(1–2 seeds)" in top.get_title()
     assert bottom.get_title().startswith("digits32 for cifar10")
     # the paper's bars (Nominal, ClusTR + QTRADES, TRADES), then our means (TRADES: not run)
     heights = [p.get_height() for p in top.patches]
@@ -193,7 +193,7 @@ def test_method_objective_bars_show_clean_and_both_objectives_per_method():
     clean = next(c for c in ax.containers if getattr(c, "errorbar", None))  # the first series
     whisker = clean.errorbar.lines[2][0].get_segments()[0]  # Nominal's clean: 96 to 98
     assert [y for _, y in whisker] == pytest.approx([96.0, 98.0])
-    assert "2 seed(s)" in ax.get_title()
+    assert "(1–2 seeds)" in ax.get_title()  # Nominal has 2, ClusTR 1
     assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
 
 
