@@ -261,7 +261,8 @@ def _collect(ray, refs, progress: bool) -> list[dict]:
     bar = tqdm(total=len(pending), desc="tasks", disable=not progress)
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            # a timeout, so that Python gets back control every second and Ctrl-C interrupts
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
                 job = pending.pop(ref)
                 try:
