@@ -10,7 +10,7 @@ import json
 import sys
 
 from . import book
-from .executors import EXECUTORS, ExecutionError, execute
+from .executors import EXECUTORS, check_executor, execute
 from .plan import make_plan
 from .recording import record_study
 from .sources import STUDIES
@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            if args.address and args.executor != "ray":
-                raise ExecutionError("--address needs --executor ray")
+            check_executor(args.executor, args.address)
             if args.executor != "local":
                 execute(
                     make_plan(args.profile, args.only), args.executor, args.address, args.threads

@@ -122,6 +122,14 @@ def do(job: Job, *after) -> dict:
         return {"run": task["run"], "evaluation": task["evaluation"], **measured}
 
 
+def check_executor(executor: str, address: str | None = None) -> None:
+    """Refuse an unknown executor, and a cluster address without the ``ray`` executor."""
+    if executor not in EXECUTORS:
+        raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if address and executor != "ray":
+        raise ExecutionError("--address needs --executor ray")
+
+
 def execute(
     found: planning.Plan,
     executor: str = "local",
@@ -133,8 +141,7 @@ def execute(
     (``None``: torch's default). Checks the executor, the address and the plan before any task
     starts. Returns the tasks' results; raises :class:`ExecutionError` naming every task that
     failed, after every other task has completed."""
-    if executor not in EXECUTORS:
-        raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    check_executor(executor)
     if executor == "ray" and address:  # other machines: the cache's locks must hold across them
         check_shared_locks(found)
     if executor == "ray":

@@ -11,7 +11,7 @@ import torch
 
 from . import plan as planning
 from .clock import count_suspensions
-from .executors import EXECUTORS, ExecutionError, check_address, execute, ray_session
+from .executors import check_address, check_executor, execute, ray_session
 from .sources import STUDIES, study_sources
 from .studies import record_seed
 
@@ -32,7 +32,7 @@ def record_study(
 
     ``executor="ray"`` first spreads each seed's tasks still to do over Ray's workers
     (:func:`clustr_lib.plan.study_plan`, :func:`execute`: one CPU and, by default, one torch
-    thread each — on 2 CPU cores, two single-threaded attacks do twice the work of one
+    thread each — on 2 CPU cores, two single-threaded attacks do 1.9 × the work of one
     two-threaded one — or one GPU each); the seed's pass here then only reads them. Locally,
     each evaluation computed prints a line: its record's file and its wall time.
 
@@ -41,10 +41,7 @@ def record_study(
     (:func:`clustr_lib.clock.count_suspensions`). Under Ray, stop it and start it again instead:
     Ray takes a suspended worker for dead (its task is retried: a run resumes from its last
     epoch, an evaluation starts again)."""
-    if executor not in EXECUTORS:
-        raise ExecutionError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-    if address and executor != "ray":
-        raise ExecutionError("--address needs --executor ray")
+    check_executor(executor, address)
     definition = STUDIES[name][0]
     every = study_sources(name, repo_root, device)
     if threads:
