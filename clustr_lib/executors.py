@@ -141,7 +141,7 @@ def execute(
     (``None``: torch's default). Checks the executor, the address and the plan before any task
     starts. Returns the tasks' results; raises :class:`ExecutionError` naming every task that
     failed, after every other task has completed."""
-    check_executor(executor)
+    check_executor(executor, address)
     if executor == "ray" and address:  # other machines: the cache's locks must hold across them
         check_shared_locks(found)
     if executor == "ray":

@@ -10,7 +10,7 @@ from matplotlib.patches import Circle
 
 from . import paper
 from .protocol import METHODS
-from .studies import ATTACK_LABELS, RULE_LABELS
+from .studies import ATTACK_LABELS, RULE_LABELS, eps_text
 
 CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
@@ -627,7 +627,8 @@ def attack_dots(comparison, sources):
     dots, one panel per source: a row per attack (PGD-100 under each objective, AutoAttack,
     Square alone; :data:`AUDIT_ROWS`), robust accuracy along x (the mean over seeds, whiskers
     min–max), a colour per method (:data:`METHOD_COLOURS`, the same in every figure) and a
-    marker per PGD rule (:data:`RULE_MARKERS`). How far a cluster method's dots
+    marker per PGD rule (:data:`RULE_MARKERS`, the rules a little apart so that equal values
+    stay visible). How far a cluster method's dots
     move left from the top row is how much the paper's objective over-states its robustness
     (a cross-entropy network has no dot there: its paper's objective is −log p_y). Returns the
     figure."""
@@ -647,7 +648,8 @@ def attack_dots(comparison, sources):
         for k, method in enumerate(shown):
             offset = (k - (len(shown) - 1) / 2) * 0.6 / max(len(shown), 1)
             for (row, marker), g in own[own["method"] == method].groupby(["row", "marker"]):
-                y = AUDIT_ROWS.index(row) + offset
+                rank = list(RULE_MARKERS).index(marker) if marker in RULE_MARKERS else 1
+                y = AUDIT_ROWS.index(row) + offset + (rank - 1) * 0.05  # rules side by side
                 lo, mean, hi = g["robust"].min(), g["robust"].mean(), g["robust"].max()
                 ax.errorbar(
                     [mean], [y], xerr=[[mean - lo], [hi - mean]], color=METHOD_COLOURS[method],
@@ -661,7 +663,7 @@ def attack_dots(comparison, sources):
         ax.grid(axis="x", alpha=0.3)
         for y in range(len(AUDIT_ROWS) - 1):
             ax.axhline(y + 0.5, color="0.85", linewidth=0.8)
-        at = f" at ε = {next(iter(radii)):g}/255" if radii else ""
+        at = f" at ε = {eps_text(next(iter(radii)) / 255)}" if radii else ""
         _title(ax, s.label, own, f"every attack{at}")
         method_keys = [
             plt.Line2D([], [], color=METHOD_COLOURS[m], marker="s", linestyle="none", label=m)

@@ -29,7 +29,7 @@ from myst_nb import glue
 from .paper import CLAIMS, FOLLOWUP_AUTOATTACK_RANGE, ROBUSTBENCH_CLUSTR, TABLE1
 from .protocol import CLUSTER_METHODS, FASHION32_STUDY, METHODS
 from .records import device_name, provenance, save_json, to_plain
-from .studies import ATTACK_LABELS, RULE_LABELS
+from .studies import ATTACK_LABELS, RULE_LABELS, eps_text
 from .verdicts import chapter_results, criterion, judge, judge_all, lookup
 
 SCALE_PROFILES = ("full",)  # profiles at the paper's settings (chapters without sources)
@@ -41,8 +41,9 @@ STAND_IN_WARNING = (
 )
 STUDY_NOTE = (
     "The numbers of the *{label}* are **our measurement** on a real dataset at CPU scale "
-    "({dataset}: a narrow ResNet-18, {seeds} seeds, the paper's attack protocol on {points} "
-    "attacked test images), recorded in `results/{folder}/`; they are not the paper's numbers."
+    "({dataset}: a narrow ResNet-18, {seeds}, the paper's attack protocol on {points} "
+    "attacked test images), recorded in `results/{folder}/` at the study's own scale, whatever "
+    "the profile that builds the page; they are not the paper's numbers."
 )
 PIPELINE_NOTE = (
     "Stand-in runs ({stand_ins}, profile <code>{profile}</code>): the same code as at the "
@@ -301,7 +302,7 @@ def banner(sources, profile: str) -> str:
             note = STUDY_NOTE.format(
                 label=s.label,
                 dataset=s.dataset,
-                seeds=s.seeds,
+                seeds=s.seeds_text,
                 points=attacked_points(s),
                 folder=Path(s.results_dir).name,
             )
@@ -310,15 +311,17 @@ def banner(sources, profile: str) -> str:
 
 
 def provenance_table(sources, profile: str) -> pd.DataFrame:
-    """Where a chapter's numbers come from, one row per source: profile, dataset, seeds, the
-    devices that trained the models and made the evaluations, and how many evaluations were
-    read from the record or computed while building the page."""
+    """Where a chapter's numbers come from, one row per source: profile (for a recorded study,
+    which has its own scale whatever the profile, "recorded"), dataset, seeds (recorded of
+    planned while a study's recording is under way), the devices that trained the models and
+    made the evaluations, and how many evaluations were read from the record or computed while
+    building the page."""
     rows = [
         {
             "source": s.label,
-            "profile": profile,
+            "profile": "recorded" if s.paper_dataset is None else profile,
             "dataset": s.dataset,
-            "seeds": s.seeds,
+            "seeds": s.seeds_text,
             "attacked images": attacked_points(s),
             "paper's protocol": s.at_scale,
             "trained on": ", ".join(sorted(s.train_devices)) or "—",
@@ -483,6 +486,12 @@ def recording_complete(totals: dict) -> bool:
     )
 
 
+TASK_HOURS = (  # what a recording's hours are
+    "each run's and evaluation's own wall time, summed: tasks recorded side by side overlap, so "
+    "the recording's wall time is less"
+)
+
+
 def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
     """What the page can say about its study's recording: complete, or how far it has come
     and what the tables then show (``command``: the one that records the rest)."""
@@ -491,13 +500,13 @@ def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
         return Markdown(
             f"The recording is complete: all {t['runs_needed']} runs and "
             f"{t['evaluations_needed']} evaluations are read from the record; they took "
-            f"{t['hours_recorded']:.1f} hours of device time."
+            f"{t['hours_recorded']:.1f} task-hours ({TASK_HOURS})."
         )
     return Markdown(
         f"**The recording is under way** (`{command}`, which resumes where it stopped, seed "
         f"after seed): {t['runs_recorded']} of {t['runs_needed']} runs and "
         f"{t['evaluations_recorded']} of {t['evaluations_needed']} evaluations are recorded, "
-        f"{t['hours_recorded']:.1f} hours of device time so far. "
+        f"{t['hours_recorded']:.1f} task-hours so far ({TASK_HOURS}). "
         + _to_go(t["hours_to_go"], t["tasks_untimed"])
         + " "
         "The tables below show what has finished; a measurement that needs the rest is missing, "
@@ -507,7 +516,7 @@ def recording_note(progress: pd.DataFrame, command: str) -> Markdown:
 
 def _to_go(hours: float, untimed: int) -> str:
     """The recording note's estimate of the work left (:func:`clustr_lib.plan.seed_estimates`)."""
-    timed = f"{hours:.1f} hours for the missing tasks that some seed has recorded (timed there)"
+    timed = f"{hours:.1f} task-hours for the missing tasks that a seed has recorded (timed there)"
     if not untimed:
         return f"About {timed} are still to go."
     return (
@@ -524,7 +533,8 @@ def when_recorded(frame: pd.DataFrame, make, what: str):
 def dataset_reading(findings: dict, labels: dict, method: str = "ClusTR + QTRADES") -> Markdown:
     """Chapter 12's plain answer, per source (``labels``: scope → label) and radius, from
     :func:`clustr_lib.studies.dataset_findings`: ``method`` under the paper's PGD, PGD on
-    −log p_y and AutoAttack, TRADES under AutoAttack, and the masking sentence."""
+    −log p_y and AutoAttack (over the seeds at which all are recorded, counted), TRADES under
+    AutoAttack where the source has TRADES (over its own seeds), and the masking sentence."""
     lines = []
     for scope, label in labels.items():
         found = findings.get(scope, {})
@@ -534,15 +544,24 @@ def dataset_reading(findings: dict, labels: dict, method: str = "ClusTR + QTRADE
             continue
         for key in radii:
             f = found[key]
-            radius = key.removeprefix("eps").replace("_", ".")
+            radius = eps_text(float(key.removeprefix("eps").replace("_", ".")) / 255)
+            trades = (
+                ""
+                if _missing(f.get("trades_autoattack"))
+                else f" (TRADES: {_pct(f['trades_autoattack'])}, {_seeds(f.get('trades_seeds'))})"
+            )
             lines.append(
-                f"* **{label}, ε = {radius}/255** ({f['seeds']} seed"
-                f"{'s' if f['seeds'] != 1 else ''}): {method} keeps {_pct(f['paper'])} under "
-                f"PGD-100 with the paper's objective, {_pct(f['ce'])} under PGD-100 on "
-                f"$-\\log p_y$ and {_pct(f['autoattack'])} under AutoAttack (TRADES: "
-                f"{_pct(f['trades_autoattack'])}); {f['masking']}."
+                f"* **{label}, ε = {radius}** ({_seeds(f['seeds'])}): {method} keeps "
+                f"{_pct(f['paper'])} under PGD-100 with the paper's objective, {_pct(f['ce'])} "
+                f"under PGD-100 on −log p_y and {_pct(f['autoattack'])} under AutoAttack"
+                f"{trades}; {f['masking']}."
             )
     return Markdown("\n".join(lines))
+
+
+def _seeds(n) -> str:
+    n = int(n or 0)
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 # ---------------------------------------------------------------------------------------

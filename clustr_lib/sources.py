@@ -116,6 +116,7 @@ class Source:
     planner: object = None  # a :class:`clustr_lib.plan.Planner`: list requests, compute none
     name: str | None = None  # key in a chapter's JSON (see :attr:`key`)
     train_devices: set = field(default_factory=set)  # devices that trained the runs read
+    runs_read: set = field(default_factory=set)  # (seed, method) of the runs read
     eval_devices: set = field(default_factory=set)  # devices that made the evaluations read
     computed: list = field(default_factory=list)  # "label: file" of evaluations computed here
     loaded: list = field(default_factory=list)  # "label: file" of evaluations read
@@ -162,7 +163,7 @@ class Source:
                 record = load_run(config, self.results_dir) if self.data is not None else None
                 self.planner.add_run(self, config, record)
                 found += [record] if record is not None else []
-            self.train_devices.update(r.provenance["device"] for r in found)
+            self._read(found)
             return found
         records = run_all(
             configs,
@@ -171,8 +172,30 @@ class Source:
             models_dir=self.models_dir,
             force=force,
         )
-        self.train_devices.update(r.provenance["device"] for r in records)
+        self._read(records)
         return records
+
+    def _read(self, records) -> None:
+        self.train_devices.update(r.provenance["device"] for r in records)
+        self.runs_read.update((int(r.config["seed"]), r.config["method"]) for r in records)
+
+    @property
+    def seeds_recorded(self) -> list[int]:
+        """The seeds at which a run of every method here has been read."""
+        return [
+            s for s in range(int(self.seeds)) if all((s, m) in self.runs_read for m in self.methods)
+        ]
+
+    @property
+    def seeds_text(self) -> str:
+        """The seeds as a page states them: ``"3 seeds"``, or ``"2 of 3 seeds recorded"`` when
+        runs have been read (a recorded study read as far as it has come,
+        :func:`clustr_lib.plan.recorded_only`) but not every method's at every seed."""
+        planned = int(self.seeds)
+        done = len(self.seeds_recorded)
+        if self.runs_read and done < planned:
+            return f"{done} of {planned} seeds recorded"
+        return f"{planned} seed{'s' if planned != 1 else ''}"
 
     def model(self, record: RunRecord):
         """The trained evaluation model of a recorded run."""
@@ -371,7 +394,7 @@ class Source:
             else "**not a reproduction** (stand-in data or a reduced protocol)"
         )
         return (
-            f"**{self.label}**: {self.dataset}, {self.seeds} seed(s), {scale}; "
+            f"**{self.label}**: {self.dataset}, {self.seeds_text}, {scale}; "
             f"results in `{Path(self.results_dir).name}/`"
         )
 

@@ -333,8 +333,10 @@ def attack_paths(sources, method: str, objectives, steps: int | None = None) -> 
 
 
 def eps_text(eps: float) -> str:
-    """An ℓ∞ radius as the book writes it: in units of 1/255 (``"8/255"``, ``"25.5/255"``)."""
-    return f"{round(float(eps) * 255, 2):g}/255"
+    """An ℓ∞ radius as the book writes it: in units of 1/255 when a whole number of them
+    (``"8/255"``), else as a decimal (``"0.1"``, not ``"25.5/255"``)."""
+    units = round(float(eps) * 255, 2)
+    return f"{units:g}/255" if units == int(units) else f"{float(eps):.4g}"
 
 
 def certificate(sources, methods=("clustr_qtrades", "clustr"), eps: float | None = None):
@@ -475,22 +477,39 @@ def mean_of(frame: pd.DataFrame, column: str, **where) -> float:
     return float(frame.loc[mask, column].mean()) if mask.any() else float("nan")
 
 
+def complete_seeds(frame: pd.DataFrame, by=("source", "method"), column: str = "attack"):
+    """The rows of ``frame`` whose seed has every value of ``column`` that its group ``by`` has
+    at any seed: so that a mean over seeds compares every attack over the same seeds (a
+    recording in progress has some attacks at more seeds than others). Columns of ``by`` that
+    ``frame`` lacks are ignored; an empty frame is returned as it is."""
+    keys = [k for k in by if k in frame]
+    if not len(frame):
+        return frame
+    groups = [frame[k] for k in keys] or [pd.Series(0, index=frame.index)]
+    wanted = frame.groupby(groups)[column].transform("nunique")
+    held = frame.groupby([*groups, frame["seed"]])[column].transform("nunique")
+    return frame[held == wanted]
+
+
 def masking_flags(
     comparison: pd.DataFrame,
     gradients: pd.DataFrame | None = None,
     tolerance: float = MASKING_MARGIN,
 ) -> pd.DataFrame:
-    """Signs that PGD with the paper's objective over-states robustness, per source and method
-    (mean over seeds; a sign is raised when an attack beats that PGD by more than
-    ``tolerance`` accuracy points):
+    """Where PGD with the paper's objective over-states robustness, and the one sign of gradient
+    masking, per source and method (mean over the seeds at which every attack is recorded,
+    :func:`complete_seeds`; a check holds when one accuracy is below another by more than
+    ``tolerance`` points):
 
-    * another white-box PGD objective does better (the paper's objective is weak);
-    * AutoAttack does better;
-    * black-box Square alone does better (gradients mislead white-box attacks);
+    * the paper's objective is weak: another white-box PGD objective does better;
+    * AutoAttack, or black-box Square alone, does better than the paper's PGD;
+    * masking: AutoAttack does better than PGD on −log p_y, a sound objective
+      (:func:`masking_answer`'s criterion);
     * the paper's objective has an exactly zero input gradient at some clean points.
     """
     labels = ATTACK_LABELS
     comparison = comparison if "source" in comparison else comparison.assign(source="")
+    comparison = complete_seeds(comparison)
     rows = []
     for (source, method), group in comparison.groupby(["source", "method"], sort=False):
         mean = group.groupby("attack")["robust"].mean()
@@ -501,14 +520,19 @@ def masking_flags(
         row = {
             "source": source,
             "method": method,
+            "seeds": seeds_of(group),
             "PGD, paper's objective": reference,
             "strongest PGD": white,
-            "a PGD objective beats the paper's": white < reference - tolerance,
+            "paper's objective is weak": white < reference - tolerance,
         }
         for key, name in (("autoattack", "AutoAttack"), ("square", "Square alone")):
             if labels[key] in mean:
                 row[name] = mean[labels[key]]
                 row[f"{name} beats the paper's PGD"] = mean[labels[key]] < reference - tolerance
+        if labels["autoattack"] in mean and labels["ce"] in mean:
+            row["masking: AutoAttack beats PGD on −log p_y"] = (
+                mean[labels["autoattack"]] < mean[labels["ce"]] - tolerance
+            )
         if gradients is not None and len(gradients):
             own = gradients[(gradients["method"] == method) & (gradients["objective"] == "paper")]
             if "source" in gradients and source:
@@ -761,11 +785,12 @@ def audit_findings(
 
 def by_radius(frame: pd.DataFrame, eps_values) -> dict:
     """``{ε in units of 1/255: the rows of a :func:`dataset_audit` frame at that ε}`` for each
-    of ``eps_values`` (an empty frame where none is recorded yet)."""
+    of ``eps_values``, restricted to the seeds at which every attack of a model is recorded at
+    that ε (:func:`complete_seeds`; an empty frame where none is recorded yet)."""
     keys = [round(float(e) * 255, 2) for e in eps_values]
     if "eps_255" not in frame:
         return {k: frame.iloc[:0] for k in keys}
-    return {k: frame[frame["eps_255"] == k] for k in keys}
+    return {k: complete_seeds(frame[frame["eps_255"] == k]) for k in keys}
 
 
 def eps_key(eps_255: float) -> str:
@@ -783,13 +808,15 @@ def dataset_findings(
 ) -> dict:
     """Chapter 12, per source (the frames of :func:`dataset_audit`, as far as recorded): the
     seeds recorded, Table 1's means per method (:func:`benchmark_findings`), and at each ε
-    (``eps8``, ``eps25_5``) ``method`` under every attack with :func:`masking_answer`, TRADES
-    under AutoAttack and Theorem 1's certified share; the shares of points whose Eq. (4) scores
+    (``eps8``, ``eps25_5``) ``method`` under every attack with :func:`masking_answer` (means
+    over the seeds at which every attack is recorded, :func:`by_radius`; their number
+    ``seeds``), TRADES under AutoAttack (over its own seeds, ``trades_seeds``) and Theorem 1's
+    certified share; the shares of points whose Eq. (4) scores
     all underflow and whose paper-objective gradient is exactly 0. Absent values are NaN."""
     out = benchmark_findings(runs) if len(runs) else {"seeds": 0, "per_method": {}}
     nan = float("nan")
-    for eps in sorted(set(attacks["eps_255"])) if len(attacks) else []:
-        at = attacks[attacks["eps_255"] == eps]
+    radii = sorted(set(attacks["eps_255"])) if len(attacks) else []
+    for eps, at in by_radius(attacks, [e / 255 for e in radii]).items():
         mine = at[at["method"] == method]
         cert = certificates[
             (certificates["eps_255"] == eps) & (certificates["method"] == method)
@@ -799,6 +826,7 @@ def dataset_findings(
             **{a: attack_mean(at, a, method) for a in AUDIT_ATTACKS},
             **masking_answer(*(attack_mean(at, a, method) for a in ("paper", "ce", "autoattack"))),
             "trades_autoattack": attack_mean(at, "autoattack", "TRADES"),
+            "trades_seeds": seeds_of(at[at["method"] == "TRADES"]),
             "certified": float(cert["certified (%)"].mean()) if len(cert) else nan,
         }
     own = underflow[underflow["method"] == method] if len(underflow) else underflow

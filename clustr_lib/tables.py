@@ -89,10 +89,13 @@ def objectives_table(frame: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     over seeds, with clean accuracy on the whole test set and on the attacked subset (columns
     of :func:`clustr_lib.studies.runs_frame`: the protocol's first PGD rule, then the others,
     e.g. ``pgd100_paper_any_iterate``), one row per ``by`` (``"method"``, or ``"source"`` to
-    set one method's runs under several recipes side by side) in order of appearance."""
+    set one method's runs under several recipes side by side) in order of appearance; a first
+    column ``seeds`` counts the runs' seeds."""
     cols = [c for c in frame if c.startswith(("pgd20_", "pgd100_"))]
-    means = frame.groupby(by, sort=False)[["clean_accuracy", "clean_attacked", *cols]].mean()
-    return means.round(2)
+    groups = frame.groupby(by, sort=False)
+    means = groups[["clean_accuracy", "clean_attacked", *cols]].mean().round(2)
+    means.insert(0, "seeds", groups["seed"].nunique())
+    return means
 
 
 def training_times(frame: pd.DataFrame, paper_minutes: dict) -> pd.DataFrame:
@@ -142,11 +145,12 @@ def seed_means(frame: pd.DataFrame, index) -> pd.DataFrame:
 
 
 def mean_sd_table(
-    frame: pd.DataFrame, index, columns: str, value: str, column_order=()
+    frame: pd.DataFrame, index, columns: str, value: str, column_order=(), seeds: bool = False
 ) -> pd.DataFrame:
     """``value`` as ``mean ± sd`` over seeds, ``index`` × ``columns`` (order of appearance,
     except that the values of ``column_order`` present come first, in that order);
-    ``index`` is a column or a list of them (``["source", "method"]``: a MultiIndex)."""
+    ``index`` is a column or a list of them (``["source", "method"]``: a MultiIndex). With
+    ``seeds``, a first column ``seeds`` counts each row's seeds."""
     keys = [index] if isinstance(index, str) else list(index)
     rows = list(dict.fromkeys(frame[keys].itertuples(index=False, name=None)))
     present = list(dict.fromkeys(frame[columns]))
@@ -159,6 +163,9 @@ def mean_sd_table(
     table = pd.DataFrame(index=labels, columns=cols, dtype=object)
     for key, group in frame.groupby([*keys, columns], sort=False):
         table.loc[key[:-1] if len(keys) > 1 else key[0], key[-1]] = _mean_sd(group[value])
+    if seeds:
+        counts = frame.groupby(keys, sort=False)["seed"].nunique()
+        table.insert(0, "seeds", counts.reindex(labels).to_numpy())
     return table.fillna("—")
 
 

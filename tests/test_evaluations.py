@@ -218,19 +218,20 @@ def test_masking_flags_raise_exactly_the_checks_that_hold():
             "norm": [0.0, 0.0, 1.0, 2.0],
         }
     )
-    flags = studies.masking_flags(pd.concat([frame, other]), grads)
+    late = frame[frame["method"] == "TRADES"].assign(seed=1, robust=0.0)  # a seed in progress:
+    flags = studies.masking_flags(pd.concat([frame, other, late[:2]]), grads)  # left out
     clustr, trades = flags.loc[("s", "ClusTR + QTRADES")], flags.loc[("s", "TRADES")]
     assert not flags.loc[("t", "ClusTR + QTRADES")]["AutoAttack beats the paper's PGD"]
-    assert (
-        clustr["a PGD objective beats the paper's"] and clustr["AutoAttack beats the paper's PGD"]
-    )
+    assert clustr["paper's objective is weak"] and clustr["AutoAttack beats the paper's PGD"]
+    assert clustr["masking: AutoAttack beats PGD on −log p_y"]  # 5 against 69
     assert not clustr["Square alone beats the paper's PGD"]
     assert clustr["zero gradients, paper's objective (%)"] == 50.0
     assert clustr["strongest PGD"] == 40.0 and trades["PGD, paper's objective"] == 50.0
-    assert (
-        not trades["a PGD objective beats the paper's"]
-        and not trades["AutoAttack beats the paper's PGD"]
-    )
+    assert trades["seeds"] == 1  # seed 1 has two of TRADES's four attacks: not in the means
+    assert not trades["paper's objective is weak"]
+    assert not trades["AutoAttack beats the paper's PGD"]
+    assert not trades["masking: AutoAttack beats PGD on −log p_y"]  # 48.5 against 50
+    assert not trades["Square alone beats the paper's PGD"]  # 60: black-box does worse
 
 
 @pytest.fixture

@@ -95,6 +95,8 @@ def test_bad_requests_are_refused_before_any_task(tmp_path):
     found = tiny_plan(tmp_path)
     with pytest.raises(executors.ExecutionError, match="unknown executor 'slurm'"):
         executors.execute(found, "slurm")
+    with pytest.raises(executors.ExecutionError, match="--address needs --executor ray"):
+        executors.execute(found, "local", address="127.0.0.1:6379")
     dataless = plan.Plan("test", [], [plan.Task("run", "cifar10", "cifar10", "nominal", 0, None)])
     with pytest.raises(executors.ExecutionError, match="data not on disk.*cifar10"):
         executors.execute(dataless, "local")

@@ -45,7 +45,7 @@ def test_a_whole_audit_of_a_tiny_study_reads_as_chapter_12_reads_it(tmp_path):
         assert all(0 <= findings[key][a] <= 100 for a in ("paper", "ce", "autoattack"))
         assert isinstance(findings[key]["masking"], str)
     text = report.dataset_reading({src.key: findings}, {src.key: src.label}).data
-    assert "ε = 8/255" in text and "ε = 25.5/255" in text and "not audited" not in text
+    assert "ε = 8/255" in text and "ε = 0.1**" in text and "not audited" not in text
     at = studies.by_radius(attacks, audit["eps"])
     for frame in at.values():  # every table and figure the chapter draws of it
         tables.mean_sd_table(frame, ["source", "method"], "attack", "robust")
@@ -55,3 +55,8 @@ def test_a_whole_audit_of_a_tiny_study_reads_as_chapter_12_reads_it(tmp_path):
     assert not tables.objectives_table(frames["runs"], by=["source", "method"]).empty
     assert not studies.gradient_summary(frames["gradients"]).empty
     assert len(tables.seed_means(certificate, ["source", "method", "eps_255"])) == 2
+    assert src.seeds_recorded == [0] and src.seeds_text == "1 seed"
+    planned = dataclasses.replace(src, seeds=3)  # a recording under way: seed 0 of 3 read
+    shown = report.provenance_table([planned], "smoke").loc[src.label]
+    assert shown["seeds"] == "1 of 3 seeds recorded" and shown["profile"] == "recorded"
+    assert "1 of 3 seeds recorded" in report.banner([planned], "smoke")

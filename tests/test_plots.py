@@ -248,9 +248,10 @@ def test_audit_dots_put_each_attack_on_its_row_at_the_mean_over_seeds():
     assert_stacked_with_legends_outside(fig, 1)
     (ax,) = fig.axes
     offset = 0.6 / 2 / 2  # two methods share a row, in protocol.METHODS' order: TRADES above
+    step = 0.05  # the PGD rules a little apart, in RULE_MARKERS' order (official first)
     expected = {  # mean over the two seeds, whiskers to their min and max
-        "ClusTR + QTRADES|official": [(55.0, 0 + offset), (25.0, 3 + offset)],
-        "ClusTR + QTRADES|any_iterate": [(45.0, 0 + offset)],
+        "ClusTR + QTRADES|official": [(55.0, 0 + offset - step), (25.0, 3 + offset - step)],
+        "ClusTR + QTRADES|any_iterate": [(45.0, 0 + offset + step)],
         "ClusTR + QTRADES|autoattack": [(10.0, 4 + offset)],
         "TRADES|autoattack": [(80.5, 4 - offset)],
     }
@@ -271,6 +272,8 @@ def test_audit_dots_put_each_attack_on_its_row_at_the_mean_over_seeds():
     assert labels(ax) == ["TRADES", "ClusTR + QTRADES", "official rule", "any iterate",
                           "AutoAttack / Square"]  # fmt: skip
     assert "ε = 8/255" in ax.get_title()
+    at_tenth = plots.attack_dots(pd.DataFrame(rows).assign(eps_255=25.5), SOURCES)
+    assert "ε = 0.1" in at_tenth.axes[0].get_title()  # not 25.5/255
     colour = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
     alone = plots.attack_dots(pd.DataFrame(rows[-1:]), SOURCES).axes[0]  # TRADES only
     assert alone.containers[0].lines[0].get_color() == colour["TRADES|autoattack"]

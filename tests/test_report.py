@@ -81,6 +81,7 @@ class _Source:
         self.label, self.paper_dataset, self.at_scale = label, paper_dataset, at_scale
         self.settings, self.seeds, self.results_dir = {"eval_size": 80}, 3, "results/digits32"
         self.dataset = paper_dataset or "digits32"
+        self.seeds_text = "3 seeds"
 
     @property
     def key(self):
@@ -297,9 +298,25 @@ def test_the_recording_note_says_what_is_left_and_what_is_not_timed_yet():
                       "evaluations_needed": 25, "hours_recorded": 1.75, "hours_to_go": 2.0,
                       "tasks_untimed": 5}  # fmt: skip
     note = report.recording_note(progress, "record x").data
-    assert "4 of 5 runs and 10 of 25 evaluations are recorded, 1.8 hours" in note
-    assert "at least 2.0 hours" in note and "5 tasks that no seed has recorded yet" in note
+    assert "4 of 5 runs and 10 of 25 evaluations are recorded, 1.8 task-hours" in note
+    assert "at least 2.0 task-hours" in note and "5 tasks that no seed has recorded yet" in note
     timed = report.recording_note(progress.assign(**{"tasks untimed": 0}), "record x").data
-    assert "About 2.0 hours" in timed and "at least" not in timed
+    assert "About 2.0 task-hours" in timed and "at least" not in timed
     done = progress.assign(**{"runs recorded": [4, 1], "evaluations recorded": [20, 5]})
     assert "The recording is complete" in report.recording_note(done, "record x").data
+
+
+def test_the_plain_answer_names_each_radius_its_seeds_and_omits_a_missing_trades():
+    at = {"seeds": 2, "paper": 47.2, "ce": 32.0, "autoattack": 28.4}
+    findings = {
+        "a": {"eps8": {**at, "trades_autoattack": 84.0, "trades_seeds": 3, "masking": "m8"},
+              "eps25_5": {**at, "seeds": 1, "trades_autoattack": float("nan"), "masking": "m"}},
+        "b": {"eps8": {"seeds": 0}},
+    }  # fmt: skip
+    text = report.dataset_reading(findings, {"a": "A", "b": "B"}).data
+    first, second, third = text.splitlines()
+    assert first.startswith("* **A, ε = 8/255** (2 seeds)") and "(TRADES: 84.0%, 3 seeds)" in first
+    assert "47.2%" in first and "32.0%" in first and "28.4%" in first and first.endswith("m8.")
+    assert second.startswith("* **A, ε = 0.1** (1 seed)") and "(TRADES" not in second
+    assert third == "* **B**: ClusTR + QTRADES is not audited yet."
+    assert "$" not in text  # plain text: a glued or displayed line renders no TeX

@@ -168,10 +168,33 @@ def test_a_study_is_recorded_seed_after_seed_runs_before_their_audit(tmp_path, m
     ]
 
 
+def test_complete_seeds_keeps_a_seed_only_where_it_has_every_attack_of_its_model():
+    rows = [  # (method, seed, attack): seed 1 of A lacks "z"; B has only "x", at both seeds
+        ("A", 0, "x"), ("A", 0, "z"), ("A", 1, "x"), ("B", 0, "x"), ("B", 1, "x"),
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["method", "seed", "attack"]).assign(robust=1.0)
+    kept = studies.complete_seeds(frame)  # no "source" column: grouped by method alone
+    assert sorted(map(tuple, kept[["method", "seed", "attack"]].to_numpy())) == sorted(
+        [("A", 0, "x"), ("A", 0, "z"), ("B", 0, "x"), ("B", 1, "x")]
+    )
+    for _, group in kept.groupby("method"):  # the property: one attack set at every seed
+        assert group.groupby("seed")["attack"].apply(frozenset).nunique() == 1
+    assert studies.complete_seeds(frame.iloc[:0]).empty
+
+
+def test_radii_are_written_in_units_of_1_255_only_when_whole():
+    assert studies.eps_text(8 / 255) == "8/255" and studies.eps_text(16 / 255) == "16/255"
+    assert studies.eps_text(0.1) == "0.1" and studies.eps_text(25.5 / 255) == "0.1"
+
+
 def test_attacks_are_split_by_radius_with_an_empty_frame_where_none_is_recorded():
-    frame = pd.DataFrame({"eps_255": [8.0, 8.0, 25.5], "robust": [1.0, 2.0, 3.0]})
+    frame = pd.DataFrame(
+        {"eps_255": [8.0, 8.0, 25.5, 25.5, 25.5], "robust": [1.0, 2.0, 3.0, 4.0, 5.0],
+         "attack": ["x", "y", "x", "y", "x"], "seed": [0, 0, 0, 0, 1], "method": "A"}
+    )  # fmt: skip
     at = studies.by_radius(frame, [8 / 255, 0.1, 16 / 255])
     assert list(at) == [8.0, 25.5, 16.0]
-    assert list(at[8.0]["robust"]) == [1.0, 2.0] and list(at[25.5]["robust"]) == [3.0]
+    assert list(at[8.0]["robust"]) == [1.0, 2.0]
+    assert list(at[25.5]["robust"]) == [3.0, 4.0]  # seed 1 lacks attack y at 0.1: left out
     assert at[16.0].empty
     assert all(f.empty for f in studies.by_radius(pd.DataFrame(), [8 / 255]).values())

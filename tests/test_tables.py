@@ -49,6 +49,8 @@ def test_mean_sd_table_formats_each_cell_over_seeds():
     assert tables.mean_sd_table(two, "method", "attack", "robust").loc["B", "y"] == "—"
     ordered = tables.mean_sd_table(two, "method", "attack", "robust", column_order=["y", "z"])
     assert list(ordered.columns) == ["y", "x"] and list(ordered.index) == ["A", "B"]
+    counted = tables.mean_sd_table(two, "method", "attack", "robust", seeds=True)
+    assert list(counted.columns) == ["seeds", "x", "y"] and list(counted["seeds"]) == [2, 1]
 
 
 def test_the_audit_columns_start_with_the_papers_objective_and_end_with_autoattack():
@@ -117,6 +119,7 @@ def test_benchmark_tables_read_the_runs_frame():
     assert objectives.loc["ClusTR + QTRADES", "clean_attacked"] == 81.0
     assert objectives.loc["ClusTR + QTRADES", "pgd20_paper"] == 73.0
     assert objectives.loc["ClusTR + QTRADES", "pgd100_ce"] == 32.0
+    assert list(objectives["seeds"]) == [2, 1]
 
 
 def test_training_times_ratio_uses_the_unrounded_means():
