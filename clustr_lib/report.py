@@ -803,28 +803,29 @@ def _fashion_findings(results: dict) -> list[str]:
         "32×32, a width-8 ResNet-18 on 10,000 training images, 4 methods and our QTRADES term, "
         f"500 attacked test images, ε = 8/255 and 0.1; {state})"
     )
-    seeds = _get(results, "12_fashion32", "seeds", scope="fashion32")
     measured = []
     for method in FASHION_METHODS:
-        clean, paper, ce = (
+        clean, paper, ce, seeds = (
             _get(results, "12_fashion32", f"per_method.{method}.{column}", "fashion32")
-            for column in ("clean_accuracy", "pgd100_paper", "pgd100_ce")
+            for column in ("clean_accuracy", "pgd100_paper", "pgd100_ce", "seeds")
         )
         if not _missing(clean):
-            text = f"{method} {_pct(clean)} clean, {_pct(paper)} under the paper's PGD-100"
+            text = f"{method} ({_seeds(seeds)}) {_pct(clean)} clean, {_pct(paper)} under the "
+            text += "paper's PGD-100"
             if method in CLUSTER_NAMES:  # for a cross-entropy network the two are one
-                text += f" and {_pct(ce)} under PGD-100 on $-\\log p_y$"
+                text += f" and {_pct(ce)} under PGD-100 on −log p_y"
             measured.append(text)
     if measured:
-        line += f". Over the {seeds} seed(s) recorded, at 8/255: " + "; ".join(measured)
+        line += ". Means over the seeds recorded, at 8/255: " + "; ".join(measured)
     at_8 = {
         key: _get(results, "12_fashion32", f"eps8.{key}", scope="fashion32")
-        for key in ("autoattack", "trades_autoattack", "masking")
+        for key in ("autoattack", "trades_autoattack", "masking", "seeds")
     }
     if not _missing(at_8["autoattack"]):
         line += (
             f". Under AutoAttack at 8/255 ClusTR + QTRADES keeps {_pct(at_8['autoattack'])} "
-            f"(TRADES {_pct(at_8['trades_autoattack'])}). Does it mask its gradients there? "
+            f"({_seeds(at_8['seeds'])}; TRADES {_pct(at_8['trades_autoattack'])}). Does it "
+            "mask its gradients there? "
             f"{at_8['masking']}"
         )
     return [line + "."]

@@ -631,8 +631,11 @@ def by_source(sources, fn, *frames) -> dict:
 
 
 def benchmark_findings(runs: pd.DataFrame) -> dict:
-    """Chapters 3–6: seeds and, per method, the mean over seeds of every accuracy column."""
-    means = runs.groupby("method", sort=False).mean(numeric_only=True).drop(columns="seed")
+    """Chapters 3–6: seeds and, per method, the mean over its seeds of every accuracy column
+    and their number (``seeds``: a recording under way has some methods at more seeds)."""
+    groups = runs.groupby("method", sort=False)
+    means = groups.mean(numeric_only=True).drop(columns="seed")
+    means["seeds"] = groups["seed"].nunique()
     return {"seeds": seeds_of(runs), "per_method": means.to_dict(orient="index")}
 
 

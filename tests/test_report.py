@@ -221,8 +221,18 @@ def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
     results = _results()
     assert "Fashion-MNIST" not in report.findings_markdown(results)  # no chapter 12 result
     per_method = {
-        "Nominal Training": {"clean_accuracy": 88.63, "pgd100_paper": 0.0, "pgd100_ce": 0.0},
-        "ClusTR + QTRADES": {"clean_accuracy": 85.2, "pgd100_paper": 47.2, "pgd100_ce": 32.0},
+        "Nominal Training": {
+            "clean_accuracy": 88.63,
+            "pgd100_paper": 0.0,
+            "pgd100_ce": 0.0,
+            "seeds": 3,
+        },
+        "ClusTR + QTRADES": {
+            "clean_accuracy": 85.2,
+            "pgd100_paper": 47.2,
+            "pgd100_ce": 32.0,
+            "seeds": 1,
+        },
     }
     results["12_fashion32"] = {
         "progress": {
@@ -235,8 +245,8 @@ def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
     }
     box = report.findings_markdown(results)
     assert "1 of 15 runs and 0 of 342 evaluations so far" in box
-    assert "Nominal Training 88.6% clean, 0.0% under the paper's PGD-100;" in box
-    assert "ClusTR + QTRADES 85.2% clean, 47.2% under the paper's PGD-100 and 32.0% under" in box
+    assert "Nominal Training (3 seeds) 88.6% clean, 0.0% under the paper's PGD-100;" in box
+    assert "ClusTR + QTRADES (1 seed) 85.2% clean, 47.2% under the paper's PGD-100 and 32.0%" in box
     assert "mask its gradients there" not in box  # nothing audited yet
     results["12_fashion32"]["progress"].update(runs_recorded=15, evaluations_recorded=342)
     results["12_fashion32"]["measurements"]["fashion32"]["eps8"] = {
@@ -247,7 +257,7 @@ def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
     }
     box = report.findings_markdown(results)
     assert "recorded in full" in box and "there? AutoAttack breaks no more" in box
-    assert "Under AutoAttack at 8/255 ClusTR + QTRADES keeps 30.5% (TRADES 84.0%)" in box
+    assert "at 8/255 ClusTR + QTRADES keeps 30.5% (3 seeds; TRADES 84.0%)" in box
 
 
 def test_the_summary_opens_with_the_findings_and_shows_dashes_where_nothing_ran():
