@@ -279,8 +279,8 @@ class Plan:
             f"Plan of profile {self.profile!r}, chapters {', '.join(self.chapters)}: "
             f"{t['runs']} runs and {t['evaluations']} evaluations{sharded}, "
             f"{t['recorded']} recorded "
-            f"({t['recorded_hours']:.2f} device-hours when they were made), {t['to_do']} to do "
-            f"(estimated {t['to_do_hours_estimated']:.2f} device-hours; "
+            f"({t['recorded_hours']:.2f} task-hours when they were made), {t['to_do']} to do "
+            f"(estimated {t['to_do_hours_estimated']:.2f} task-hours; "
             f"{t['to_do_without_estimate']} without an estimate).",
         ]
         if any(task.run is None for task in self.tasks):
@@ -322,8 +322,9 @@ def recorded_only(sources, measure):
     is missing is only listed — and how far the recording has come. For a study recorded over
     several sessions (``python -m clustr_lib record``), so that its chapter shows what has
     finished. Returns ``(measure's result, the sources it read, progress)``: per source, the
-    runs and evaluations recorded of those needed, the hours of device time they took (a run's
-    training and attacks, an evaluation's wall time, as their records give them), the hours
+    runs and evaluations recorded of those needed, the task-hours they took (each task's own
+    wall time: a run's training and attacks, an evaluation's, as their records give them), the
+    hours
     still to go for the missing tasks that some seed has recorded (each timed as the mean of
     that task at those seeds, :func:`seed_estimates`), and how many missing tasks no seed has
     recorded yet (untimed: not in the estimate)."""

@@ -819,12 +819,13 @@ def _fashion_findings(results: dict) -> list[str]:
         line += ". Means over the seeds recorded, at 8/255: " + "; ".join(measured)
     at_8 = {
         key: _get(results, "12_fashion32", f"eps8.{key}", scope="fashion32")
-        for key in ("autoattack", "trades_autoattack", "masking", "seeds")
+        for key in ("autoattack", "trades_autoattack", "masking", "seeds", "trades_seeds")
     }
     if not _missing(at_8["autoattack"]):
         line += (
             f". Under AutoAttack at 8/255 ClusTR + QTRADES keeps {_pct(at_8['autoattack'])} "
-            f"({_seeds(at_8['seeds'])}; TRADES {_pct(at_8['trades_autoattack'])}). Does it "
+            f"({_seeds(at_8['seeds'])}; TRADES {_pct(at_8['trades_autoattack'])}, "
+            f"{_seeds(at_8['trades_seeds'])}). Does it "
             "mask its gradients there? "
             f"{at_8['masking']}"
         )

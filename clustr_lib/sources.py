@@ -188,12 +188,12 @@ class Source:
 
     @property
     def seeds_text(self) -> str:
-        """The seeds as a page states them: ``"3 seeds"``, or ``"2 of 3 seeds recorded"`` when
-        runs have been read (a recorded study read as far as it has come,
-        :func:`clustr_lib.plan.recorded_only`) but not every method's at every seed."""
+        """The seeds as a page states them: ``"3 seeds"``, or, for a study read as far as it is
+        recorded (:func:`clustr_lib.plan.recorded_only`, which reads every method's runs)
+        before every method has a run at every seed, ``"2 of 3 seeds recorded"``."""
         planned = int(self.seeds)
         done = len(self.seeds_recorded)
-        if self.runs_read and done < planned:
+        if self.planner is not None and self.runs_read and done < planned:
             return f"{done} of {planned} seeds recorded"
         return f"{planned} seed{'s' if planned != 1 else ''}"
 

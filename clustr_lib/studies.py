@@ -485,9 +485,11 @@ def complete_seeds(frame: pd.DataFrame, by=("source", "method"), column: str = "
     keys = [k for k in by if k in frame]
     if not len(frame):
         return frame
+    if column not in frame or "seed" not in frame:
+        raise KeyError(f"complete_seeds needs columns 'seed' and {column!r}")
     groups = [frame[k] for k in keys] or [pd.Series(0, index=frame.index)]
-    wanted = frame.groupby(groups)[column].transform("nunique")
-    held = frame.groupby([*groups, frame["seed"]])[column].transform("nunique")
+    wanted = frame.groupby(groups, dropna=False)[column].transform("nunique")
+    held = frame.groupby([*groups, frame["seed"]], dropna=False)[column].transform("nunique")
     return frame[held == wanted]
 
 
@@ -503,8 +505,8 @@ def masking_flags(
 
     * the paper's objective is weak: another white-box PGD objective does better;
     * AutoAttack, or black-box Square alone, does better than the paper's PGD;
-    * masking: AutoAttack does better than PGD on −log p_y, a sound objective
-      (:func:`masking_answer`'s criterion);
+    * masking: AutoAttack does better than PGD on −log p_y, a sound objective (:func:`masked`,
+      no answer where that PGD leaves too little to break);
     * the paper's objective has an exactly zero input gradient at some clean points.
     """
     labels = ATTACK_LABELS
@@ -529,9 +531,9 @@ def masking_flags(
             if labels[key] in mean:
                 row[name] = mean[labels[key]]
                 row[f"{name} beats the paper's PGD"] = mean[labels[key]] < reference - tolerance
-        if labels["autoattack"] in mean and labels["ce"] in mean:
-            row["masking: AutoAttack beats PGD on −log p_y"] = (
-                mean[labels["autoattack"]] < mean[labels["ce"]] - tolerance
+        if labels["autoattack"] in mean and labels["ce"] in mean:  # None: too little to break
+            row["masking: AutoAttack beats PGD on −log p_y"] = masked(
+                mean[labels["ce"]], mean[labels["autoattack"]], tolerance
             )
         if gradients is not None and len(gradients):
             own = gradients[(gradients["method"] == method) & (gradients["objective"] == "paper")]
@@ -672,7 +674,7 @@ def _at_calibrated(by_eps: dict, eps: float | None) -> dict:
     PGD-100 of each objective there (NaN where that ε was not attacked)."""
     out = {
         "calibrated_eps": eps,
-        "calibrated_eps_text": "none of the ε tried" if eps is None else f"{eps:g}/255",
+        "calibrated_eps_text": "none of the ε tried" if eps is None else eps_text(eps / 255),
     }
     for objective, curve in by_eps.items():
         out[f"at_calibrated_{objective}"] = (
@@ -814,8 +816,9 @@ def dataset_findings(
     (``eps8``, ``eps25_5``) ``method`` under every attack with :func:`masking_answer` (means
     over the seeds at which every attack is recorded, :func:`by_radius`; their number
     ``seeds``), TRADES under AutoAttack (over its own seeds, ``trades_seeds``) and Theorem 1's
-    certified share; the shares of points whose Eq. (4) scores
-    all underflow and whose paper-objective gradient is exactly 0. Absent values are NaN."""
+    certified share; over every recorded seed, the shares of points whose Eq. (4) scores all
+    underflow and whose paper-objective or Magnet-loss gradient is exactly 0, and the median
+    Lipschitz bound and certified radius of Theorem 1. Absent values are NaN."""
     out = benchmark_findings(runs) if len(runs) else {"seeds": 0, "per_method": {}}
     nan = float("nan")
     radii = sorted(set(attacks["eps_255"])) if len(attacks) else []
@@ -840,7 +843,25 @@ def dataset_findings(
         else gradients
     )
     out["zero_paper"] = 100 * float((paper["norm"] == 0).mean()) if len(paper) else nan
+    magnet = (
+        gradients[(gradients["method"] == method) & (gradients["objective"] == "magnet")]
+        if len(gradients)
+        else gradients
+    )
+    out["zero_magnet"] = 100 * float((magnet["norm"] == 0).mean()) if len(magnet) else nan
+    mine = certificates[certificates["method"] == method] if len(certificates) else certificates
+    for key, column in (("lipschitz", "L (upper bound)"), ("radius", "median radius (sound)")):
+        out[key] = float(mine[column].median()) if len(mine) else nan
     return out
+
+
+def masked(ce: float, autoattack: float, tolerance: float = MASKING_MARGIN) -> bool | None:
+    """The book's one sign of gradient masking: AutoAttack leaves more than ``tolerance``
+    points fewer robust than PGD on −log p_y (mean robust accuracies, %). ``None`` — no answer —
+    when either is missing, or when PGD on −log p_y leaves ``tolerance`` or less to break."""
+    if ce != ce or autoattack != autoattack or ce <= tolerance:
+        return None
+    return bool(autoattack < ce - tolerance)
 
 
 def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
@@ -851,14 +872,15 @@ def masking_answer(paper: float, ce: float, autoattack: float) -> dict:
     −log p_y leaves open only if it leaves more than that margin robust (the paper's PGD
     against the strongest attack is the audit's ``shape``)."""
     beyond_ce, beyond_paper = ce - autoattack, paper - autoattack
+    verdict = masked(ce, autoattack)
     if beyond_ce != beyond_ce:  # NaN: no AutoAttack recorded for this source
         text = "AutoAttack is not recorded for this source"
-    elif ce <= MASKING_MARGIN:
+    elif verdict is None:
         text = (
             f"PGD on −log p_y already leaves only {ce:.1f}% robust, so AutoAttack has too little "
             "left to break for a sign of masking either way"
         )
-    elif beyond_ce > MASKING_MARGIN:
+    elif verdict:
         text = (
             f"AutoAttack breaks {beyond_ce:.1f} points more than PGD on −log p_y, more than the "
             f"{MASKING_MARGIN:g}-point margin: a sign of gradient masking, so that even PGD on "

@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from clustr_lib import plots, protocol, report, sources, studies, tables
+from clustr_lib import plan, plots, protocol, report, sources, studies, tables
 
 matplotlib.use("Agg")
 
@@ -56,7 +56,15 @@ def test_a_whole_audit_of_a_tiny_study_reads_as_chapter_12_reads_it(tmp_path):
     assert not studies.gradient_summary(frames["gradients"]).empty
     assert len(tables.seed_means(certificate, ["source", "method", "eps_255"])) == 2
     assert src.seeds_recorded == [0] and src.seeds_text == "1 seed"
-    planned = dataclasses.replace(src, seeds=3)  # a recording under way: seed 0 of 3 read
+    three = dataclasses.replace(src, seeds=3, runs_read=set())  # a recording under way: seed 0
+    read, (planned,), progress = plan.recorded_only(
+        [three], lambda s: studies.dataset_audit(s, audit)
+    )
+    assert progress.loc[src.label, "runs recorded"] == 2 < progress.loc[src.label, "runs needed"]
+    assert planned.seeds_recorded == [0] and len(read["attacks"]) == len(attacks)  # seed 0 only
     shown = report.provenance_table([planned], "smoke").loc[src.label]
     assert shown["seeds"] == "1 of 3 seeds recorded" and shown["profile"] == "recorded"
     assert "1 of 3 seeds recorded" in report.banner([planned], "smoke")
+    one_method = dataclasses.replace(src, runs_read=set())  # a chapter reading one method only
+    one_method.runs("nominal")
+    assert one_method.seeds_text == "1 seed"  # not "0 of 1": no planner, nothing to count

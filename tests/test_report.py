@@ -253,11 +253,12 @@ def test_the_findings_box_says_how_far_the_fashion32_recording_has_come():
         "seeds": 3,
         "autoattack": 30.5,
         "trades_autoattack": 84.0,
+        "trades_seeds": 2,
         "masking": "AutoAttack breaks no more than PGD on −log p_y",
     }
     box = report.findings_markdown(results)
     assert "recorded in full" in box and "there? AutoAttack breaks no more" in box
-    assert "at 8/255 ClusTR + QTRADES keeps 30.5% (3 seeds; TRADES 84.0%)" in box
+    assert "at 8/255 ClusTR + QTRADES keeps 30.5% (3 seeds; TRADES 84.0%, 2 seeds)" in box
 
 
 def test_the_summary_opens_with_the_findings_and_shows_dashes_where_nothing_ran():

@@ -49,6 +49,22 @@ def test_eps_findings_carry_the_calibration_when_given():
     assert never["at_calibrated_paper"] != never["at_calibrated_paper"]  # NaN
 
 
+def test_masking_needs_autoattack_more_than_the_margin_below_a_pgd_that_left_something():
+    margin = studies.MASKING_MARGIN
+    assert studies.masked(ce=30.0, autoattack=30.0 - margin - 0.1) is True
+    assert studies.masked(ce=30.0, autoattack=30.0 - margin) is False  # within the margin
+    assert studies.masked(ce=margin, autoattack=0.0) is None  # too little left to break
+    assert studies.masked(ce=float("nan"), autoattack=0.0) is None
+    labels = studies.ATTACK_LABELS
+    frame = pd.DataFrame(
+        {"method": "A", "seed": 0, "attack": [labels["paper"], labels["ce"], labels["autoattack"]],
+         "robust": [12.6, 0.0, 0.0]}
+    )  # fmt: skip
+    flags = studies.masking_flags(frame).iloc[0]  # the table says what the plain answer says
+    assert flags["masking: AutoAttack beats PGD on −log p_y"] is None
+    assert "too little left to break" in studies.masking_answer(12.6, 0.0, 0.0)["masking"]
+
+
 def test_the_masking_answer_compares_autoattack_with_pgd_on_a_sound_objective():
     masked = studies.masking_answer(paper=74.0, ce=60.0, autoattack=0.0)
     assert masked["beyond_ce"] == 60.0 and "a sign of gradient masking" in masked["masking"]
