@@ -117,7 +117,9 @@ class Planner:
             task.after = config_hash({**config, "method": "nominal"})
         if record is not None:
             task.recorded, task.estimate = True, "recorded"
-            task.seconds = record.training["seconds"] + sum(record.attack_seconds.values())
+            # its own time: a warm start's training is its nominal run's task, counted there
+            own = record.training["seconds"] - record.training["stages"].get("warm_start", 0)
+            task.seconds = own + sum(record.attack_seconds.values())
             task.device = record.provenance["device"]
         elif source.at_scale and self.figures:
             with contextlib.suppress(KeyError):  # an older benchmark without this rate

@@ -227,6 +227,17 @@ FASHION32_PAPER = {
     "results": "fashion32-paper",
     "overrides": {},
 }
+# What one lent GPU session records of it (15 minutes of an H200, 2026-12-04; issue 14): the
+# paper's protocol for nominal training and ClusTR + QTRADES, seed 0 first, every attack on the
+# first 500 test points (one shard, as at CPU scale) instead of all 10,000; clean accuracy on all
+# 10,000. `scripts/lent_gpu.sh` records it; its chapter says how far it came.
+FASHION32_PAPER_500 = {
+    **FASHION32_PAPER,
+    "methods": ["nominal", "clustr_qtrades"],
+    "results": "fashion32-paper-500",
+    "variants": {},
+    "overrides": {"eval_size": 500},
+}
 
 
 def settings(dataset: str, overrides: dict | None = None) -> dict:

@@ -446,6 +446,12 @@ STUDIES = {  # the recorded CPU studies: name → (definition, label, key)
     "fashion32": (protocol.FASHION32_STUDY, "fashion32 study", "fashion32"),
     # the same at the paper's full protocol, for a GPU (not recorded by this book's machines)
     "fashion32-paper": (protocol.FASHION32_PAPER, "fashion32, paper's protocol", "fashion32_paper"),
+    # its first slice, recorded on a lent GPU: 2 methods, attacks on 500 test points
+    "fashion32-paper-500": (
+        protocol.FASHION32_PAPER_500,
+        "fashion32, paper's protocol, 500 points attacked",
+        "fashion32_paper_500",
+    ),
 }
 
 

@@ -1,8 +1,6 @@
 """Image loaders read torchvision's on-disk formats written here; augmentation on the device."""
 
-import gzip
 import hashlib
-import struct
 from urllib.error import URLError
 
 import numpy as np
@@ -11,6 +9,7 @@ import scipy.io
 import torch
 import torchvision.datasets as tvd
 import torchvision.datasets.mnist as tv_mnist
+from idx_files import idx_bytes, write_idx
 
 from clustr_lib import data
 
@@ -190,12 +189,6 @@ def test_train_test_2d_refuses_non_positive_sizes(sizes):
 # --- fashion32: Fashion-MNIST from IDX files written here (issue 14) ---------------------
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The IDX format: big-endian magic 0x0000080D (D = dims; 0x08 = uint8), dims, data."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 def fashion_arrays(rng, label_offset=0):
     """Four small Fashion-MNIST-like arrays; image 1 of the training set made by hand."""
     arrays = {}
@@ -207,17 +200,6 @@ def fashion_arrays(rng, label_offset=0):
     hand[0, 0], hand[0, 27], hand[27, 0], hand[5, 9] = 255, 1, 2, 77
     arrays["train-images-idx3-ubyte"][1] = hand
     return arrays
-
-
-def write_idx(folder, arrays, gz=True):
-    """The files as Debian ships them (gzip-recompressed: torchvision's md5 of the .gz fails)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-        raw = idx_bytes(array)
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(raw, mtime=0))
-        else:
-            (folder / name).write_bytes(raw)
 
 
 @pytest.fixture

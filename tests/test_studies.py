@@ -103,6 +103,12 @@ def test_the_fashion32_study_is_four_methods_and_the_logprob_variant_at_its_cpu_
     assert paper.settings["width"] == 64 and paper.settings["eval_size"] is None
     assert (paper.settings["ce_epochs"], paper.settings["magnet_epochs"]) == (90, 30)
     assert paper.methods == main.methods and str(paper.results_dir).endswith("fashion32-paper")
+    asked.clear()
+    (piece,) = sources.study_sources("fashion32-paper-500", "/repo", device="cuda")
+    assert asked == [("fashion32", {"device": "cuda", "train_size": None})]  # no variant
+    assert piece.methods == ["nominal", "clustr_qtrades"]
+    assert str(piece.results_dir) == "/repo/results/fashion32-paper-500"
+    assert piece.settings == {**paper.settings, "eval_size": 500}  # only fewer points attacked
 
 
 def test_the_dataset_audit_asks_every_attack_at_both_radii_and_nothing_twice(tmp_path):
