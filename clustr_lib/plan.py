@@ -117,8 +117,12 @@ class Planner:
             task.after = config_hash({**config, "method": "nominal"})
         if record is not None:
             task.recorded, task.estimate = True, "recorded"
-            # its own time: a warm start's training is its nominal run's task, counted there
-            own = record.training["seconds"] - record.training["stages"].get("warm_start", 0)
+            # its own time: where the source trains the nominal run as a task of its own, a
+            # ClusTR run's warm start is counted there (a variant that trains only ClusTR +
+            # QTRADES trains its warm start inside this task)
+            own = record.training["seconds"]
+            if "nominal" in source.methods:
+                own -= record.training["stages"].get("warm_start", 0)
             task.seconds = own + sum(record.attack_seconds.values())
             task.device = record.provenance["device"]
         elif source.at_scale and self.figures:

@@ -227,10 +227,10 @@ FASHION32_PAPER = {
     "results": "fashion32-paper",
     "overrides": {},
 }
-# What one lent GPU session records of it (15 minutes of an H200, 2026-12-04; issue 14): the
+# Its first slice, sized for a short GPU slot (issue 14; prepared, not yet recorded): the
 # paper's protocol for nominal training and ClusTR + QTRADES, seed 0 first, every attack on the
 # first 500 test points (one shard, as at CPU scale) instead of all 10,000; clean accuracy on all
-# 10,000. `scripts/lent_gpu.sh` records it; its chapter says how far it came.
+# 10,000. `scripts/fashion32_paper_gpu.py` records it.
 FASHION32_PAPER_500 = {
     **FASHION32_PAPER,
     "methods": ["nominal", "clustr_qtrades"],

@@ -437,7 +437,7 @@ def paper_source(
     )
 
 
-STUDIES = {  # the recorded CPU studies: name → (definition, label, key)
+STUDIES = {  # the recorded studies and the GPU ones prepared: name → (definition, label, key)
     # the paper's protocol as the official code trains it: the study chapters 6–11 read
     "digits32-official": (protocol.DIGITS32_OFFICIAL, "digits32 study", "study"),
     # its first recording, with our variant of the recipe: shown beside it in chapter 6
@@ -446,7 +446,7 @@ STUDIES = {  # the recorded CPU studies: name → (definition, label, key)
     "fashion32": (protocol.FASHION32_STUDY, "fashion32 study", "fashion32"),
     # the same at the paper's full protocol, for a GPU (not recorded by this book's machines)
     "fashion32-paper": (protocol.FASHION32_PAPER, "fashion32, paper's protocol", "fashion32_paper"),
-    # its first slice, recorded on a lent GPU: 2 methods, attacks on 500 test points
+    # its first slice, for a short GPU slot: 2 methods, attacks on 500 test points
     "fashion32-paper-500": (
         protocol.FASHION32_PAPER_500,
         "fashion32, paper's protocol, 500 points attacked",
