@@ -141,8 +141,10 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     """Train the network of ``config`` (resuming from its checkpoint), save its weights.
 
     ClusTR variants start from the nominal run of the same dataset, seed and settings,
-    which is trained (and cached) first if needed: its time counts in theirs. Returns
-    ``(model, training)``: the evaluation model and ``{"seconds", "stages", ...}``.
+    which is trained (and cached) first if needed: its time counts in theirs. A nominal run
+    recorded without its weights here (records brought back from another machine without
+    them) is trained again, with a warning. Returns ``(model, training)``: the evaluation model
+    and ``{"seconds", "stages", ...}``.
     """
     method, device = config["method"], data.y_train.device
     precision = config.get("precision", "fp32")
@@ -152,12 +154,21 @@ def train_run(config: dict, data, *, results_dir, models_dir, progress=None):
     stages = {}
     if method in protocol.WARM_STARTED:
         warm_config = {**config, "method": "nominal"}
+        weights = model_path(warm_config, models_dir)
+        again = load_run(warm_config, results_dir) is not None and not weights.exists()
+        if again:
+            warnings.warn(
+                f"{weights.name} is missing: the nominal run is trained again", stacklevel=2
+            )
         warm = run(
-            warm_config, data, results_dir=results_dir, models_dir=models_dir, progress=progress
+            warm_config,
+            data,
+            results_dir=results_dir,
+            models_dir=models_dir,
+            force=again,
+            progress=progress,
         )  # cached after the first ClusTR variant
-        state = torch.load(
-            model_path(warm_config, models_dir), map_location=device, weights_only=True
-        )
+        state = torch.load(weights, map_location=device, weights_only=True)
         model.load_state_dict(
             {
                 k[len("embedder.") :]: v

@@ -7,8 +7,8 @@ certificate, score underflow and the input-gradient norms at 8/255, then the att
 
 Each step is recorded as it finishes (the library's cache: ``<root>/results/fashion32-paper-500``),
 so a call cut short keeps what it finished and a later call reads it and goes on. ClusTR + QTRADES
-starts from the nominal run's weights: while it is not recorded, a nominal record without its
-weights (records brought back from a GPU machine without them) is trained again.
+starts from the nominal run's weights; where they did not come back with its record, the
+nominal run is trained again (:func:`clustr_lib.runs.train_run`).
 ``scripts/lent_gpu.sh`` runs it on a GPU machine lent by this workplace's ``device`` tool and
 brings the records back. ``--smoke`` checks the same path on a CPU in seconds (a tiny width, one
 epoch, 20 points; in ``<root>/results/fashion32-paper-500-smoke``, nothing to keep).
@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 
 from clustr_lib import protocol, studies
-from clustr_lib.records import load_run, record_path
-from clustr_lib.runs import model_path
 from clustr_lib.sources import images, study_sources
 
 STUDY = "fashion32-paper-500"
-SMOKE = {  # the same path at a size a CPU does in a minute
+SMOKE = {  # the same path at a size a CPU does in seconds
     "width": 4,
     "ce_epochs": 1,
     "ce_milestones": [1],
@@ -59,12 +57,6 @@ def main(argv=None) -> None:
         data = images("fashion32", device=args.device, train_size=600, test_size=200)
         smoke_dir = source.results_dir.with_name(f"{source.results_dir.name}-smoke")
         source = dataclasses.replace(source, settings=settings, data=data, results_dir=smoke_dir)
-    nominal, fine_tuned = (source.configs(m)[0] for m in ("nominal", "clustr_qtrades"))
-    record = record_path(source.results_dir, nominal)
-    warm_start_missing = not model_path(nominal, source.models_dir).exists()
-    if record.exists() and warm_start_missing and not load_run(fine_tuned, source.results_dir):
-        say(f"{record.name} has no weights here: the nominal run is trained again")
-        record.unlink()
     say(f"data: {len(source.data.y_train)} training, {len(source.data.y_test)} test images")
     for method in source.methods:
         (record,) = source.runs(method)
